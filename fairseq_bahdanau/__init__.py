@@ -1,0 +1,10 @@
+"""fairseq_bahdanau: the attention GRU encoder-decoder of Bahdanau et al. (2015) as a fairseq plugin.
+
+Importing the package registers the model and its architectures (use ``--user-dir`` with fairseq's tools).
+"""
+
+from . import compat  # noqa: F401  (checkpoint loading under torch >= 2.6)
+from . import model, architectures  # noqa: F401  (registration: the model before its architectures)
+from .model import BahdanauGRUModel  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,110 @@
+"""Attention over the encoder annotations ``h_j``.
+
+Two families, one interface. Every module splits its work in two:
+
+* ``precompute(values) -> keys``: whatever depends only on the source sentence, done once per sentence
+  (``U h_j`` for additive attention, ``W_a h_j`` for general attention) and cached by the decoder;
+* ``forward(query, keys, values, padding_mask) -> (context, weights)``: the per-step part.
+
+Shapes: ``B`` batch, ``S`` source length, ``C`` annotation size (2 x encoder hidden), ``A`` attention size,
+``Q`` query size (decoder hidden). Padded source positions get exactly zero weight.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def masked_softmax(scores: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """Softmax over the source axis with padded positions set to exactly zero.
+
+    Args:
+        scores: B x S energies.
+        padding_mask: B x S, True at padding (or None).
+    Returns:
+        B x S weights that sum to 1 over the real positions.
+    """
+    if padding_mask is not None:
+        scores = scores.masked_fill(padding_mask, float("-inf"))
+    return F.softmax(scores.float(), dim=-1).type_as(scores)
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau et al. (2015), Section 3.1 and Appendix A.1.2.
+
+    ``e_ij = v_a^T tanh(W_a s_{i-1} + U_a h_j)`` (eq. 6), ``alpha_ij = softmax_j(e_ij)`` (eq. 7),
+    ``c_i = sum_j alpha_ij h_j`` (eq. 5). The query is the decoder state *before* the step.
+    """
+
+    #: the query is the decoder state before the GRU update (s_{i-1})
+    query_is_previous_state = True
+
+    def __init__(self, query_dim: int, value_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)  # W_a
+        self.key_proj = nn.Linear(value_dim, attention_dim, bias=True)  # U_a (and the MLP's bias)
+        self.v = nn.Parameter(torch.empty(attention_dim))  # v_a
+        nn.init.uniform_(self.v, -0.1, 0.1)
+
+    def precompute(self, values: Tensor) -> Tensor:
+        """``U_a h_j`` for every source position, once per sentence: B x S x C -> B x S x A."""
+        return self.key_proj(values)
+
+    def score(self, projected_query: Tensor, keys: Tensor) -> Tensor:
+        """Energies from an already projected query ``W_a s_{i-1}`` (B x A) and keys (B x S x A): B x S."""
+        return torch.tanh(keys + projected_query.unsqueeze(1)).matmul(self.v)
+
+    def forward(
+        self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """query B x Q, keys B x S x A, values B x S x C -> context B x C, weights B x S."""
+        weights = masked_softmax(self.score(self.query_proj(query), keys), padding_mask)
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+        return context, weights
+
+
+class LuongAttention(nn.Module):
+    """Luong, Pham & Manning (2015), Section 3: ``dot`` and ``general`` scores with the attentional state.
+
+    ``score(s_t, h_j) = s_t^T h_j`` (dot) or ``s_t^T W_a h_j`` (general), ``c_t = sum_j a_tj h_j``, and the
+    attentional state ``~s_t = tanh(W_c [c_t; s_t] + b_c)`` (eq. 5) that feeds the output layer and, through input
+    feeding, the next step. The query is the decoder state *after* the step.
+    """
+
+    query_is_previous_state = False
+
+    def __init__(self, query_dim: int, value_dim: int, kind: str) -> None:
+        super().__init__()
+        if kind not in ("dot", "general"):
+            raise ValueError(f"unknown Luong attention {kind!r}")
+        if kind == "dot" and query_dim != value_dim:
+            raise ValueError(f"dot attention needs equal query and value sizes, got {query_dim} and {value_dim}")
+        self.kind = kind
+        self.key_proj = nn.Linear(value_dim, query_dim, bias=False) if kind == "general" else None  # W_a
+        self.combine = nn.Linear(value_dim + query_dim, query_dim, bias=True)  # W_c, b_c
+
+    def precompute(self, values: Tensor) -> Tensor:
+        """``W_a h_j`` (general) or ``h_j`` itself (dot), once per sentence: B x S x C -> B x S x Q."""
+        return values if self.key_proj is None else self.key_proj(values)
+
+    def forward(
+        self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """query B x Q, keys B x S x Q, values B x S x C -> context B x C, weights B x S."""
+        scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
+        weights = masked_softmax(scores, padding_mask)
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+        return context, weights
+
+    def attentional_state(self, context: Tensor, query: Tensor) -> Tensor:
+        """``~s_t = tanh(W_c [c_t; s_t] + b_c)``: B x C, B x Q -> B x Q."""
+        return torch.tanh(self.combine(torch.cat([context, query], dim=1)))
+
+
+def build_attention(kind: str, query_dim: int, value_dim: int, attention_dim: int) -> nn.Module:
+    """The attention module for ``--attention-type kind``."""
+    if kind == "additive":
+        return AdditiveAttention(query_dim, value_dim, attention_dim or query_dim)
+    return LuongAttention(query_dim, value_dim, kind)

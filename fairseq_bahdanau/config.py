@@ -1,0 +1,125 @@
+"""Every command-line flag of the ``bahdanau_gru`` model family, with its help text and default.
+
+The defaults are the reference notebook's configuration (embeddings 256, encoder GRU 512 per direction, decoder
+GRU 512, dropout 0.5, additive attention, deep output straight to the vocabulary). Named architectures in
+``architectures.py`` change only what differs. ``validate`` checks a built configuration and raises ``ValueError``
+naming the offending flag, so that a bad value fails at start-up and not in the middle of an epoch.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
+
+ATTENTION_TYPES = ["additive", "dot", "general"]
+OUTPUT_ACTIVATIONS = ["linear", "tanh", "maxout"]
+
+
+@dataclass
+class BahdanauGRUConfig(FairseqDataclass):
+    encoder_embed_dim: int = field(default=256, metadata={"help": "source embedding dimension"})
+    encoder_hidden_size: int = field(
+        default=512, metadata={"help": "encoder GRU hidden size per direction (the encoder is bidirectional)"}
+    )
+    encoder_layers: int = field(default=1, metadata={"help": "number of stacked bidirectional GRU layers"})
+    decoder_embed_dim: int = field(default=256, metadata={"help": "target embedding dimension"})
+    decoder_hidden_size: int = field(default=512, metadata={"help": "decoder GRU hidden size"})
+    decoder_layers: int = field(default=1, metadata={"help": "number of stacked decoder GRU layers"})
+    decoder_out_embed_dim: int = field(
+        default=0,
+        metadata={
+            "help": "size of the deep-output layer before the vocabulary projection (0: project the output "
+            "features straight onto the vocabulary, as the reference notebook does)"
+        },
+    )
+    decoder_output_activation: ChoiceEnum(OUTPUT_ACTIVATIONS) = field(  # type: ignore[valid-type]
+        default="linear",
+        metadata={
+            "help": "non-linearity of the deep-output layer: linear, tanh, or maxout over pairs of units "
+            "(Bahdanau et al. 2015, Appendix A.2.2); needs --decoder-out-embed-dim > 0 unless linear"
+        },
+    )
+    attention_type: ChoiceEnum(ATTENTION_TYPES) = field(  # type: ignore[valid-type]
+        default="additive",
+        metadata={
+            "help": "additive: v^T tanh(W s_{i-1} + U h_j) (Bahdanau et al. 2015); dot / general: "
+            "s_t^T h_j / s_t^T W h_j with the attentional state tanh(W_c [c_t; s_t]) (Luong et al. 2015)"
+        },
+    )
+    attention_dim: int = field(
+        default=0, metadata={"help": "hidden size of the additive attention MLP (0: the decoder hidden size)"}
+    )
+    dropout: float = field(default=0.5, metadata={"help": "dropout probability"})
+    share_decoder_input_output_embed: bool = field(
+        default=False,
+        metadata={
+            "help": "tie the target embedding and the vocabulary projection (needs --decoder-out-embed-dim "
+            "equal to --decoder-embed-dim)"
+        },
+    )
+    teacher_forcing_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "probability, per decoder step in training, of feeding the reference token rather than the "
+            "model's own prediction (1.0: plain teacher forcing, the fast path)"
+        },
+    )
+    max_source_positions: int = II("task.max_source_positions")
+    max_target_positions: int = II("task.max_target_positions")
+
+
+def config_defaults() -> Dict[str, Any]:
+    """The dataclass defaults of every model flag, by attribute name (``II`` interpolations left out)."""
+    defaults = {}
+    for f in fields(BahdanauGRUConfig):
+        if f.name.startswith("_") or f.name.startswith("max_"):
+            continue
+        defaults[f.name] = f.default
+    return defaults
+
+
+def validate(cfg: Any) -> None:
+    """Raise ``ValueError`` naming the flag if ``cfg`` (Namespace or DictConfig) cannot build a model."""
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name in (
+        "encoder_embed_dim",
+        "encoder_hidden_size",
+        "encoder_layers",
+        "decoder_embed_dim",
+        "decoder_hidden_size",
+        "decoder_layers",
+    ):
+        value = getattr(cfg, name)
+        if value is None or int(value) <= 0:
+            raise ValueError(f"{flag(name)} must be a positive integer, got {value}")
+    for name in ("decoder_out_embed_dim", "attention_dim"):
+        if int(getattr(cfg, name)) < 0:
+            raise ValueError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    attention = str(cfg.attention_type)
+    if attention not in ATTENTION_TYPES:
+        raise ValueError(f"--attention-type must be one of {ATTENTION_TYPES}, got {attention!r}")
+    activation = str(cfg.decoder_output_activation)
+    if activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"--decoder-output-activation must be one of {OUTPUT_ACTIVATIONS}, got {activation!r}")
+    if activation != "linear" and int(cfg.decoder_out_embed_dim) <= 0:
+        raise ValueError(f"--decoder-output-activation {activation} needs --decoder-out-embed-dim > 0")
+    if not 0.0 <= float(cfg.dropout) < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0.0 <= float(cfg.teacher_forcing_ratio) <= 1.0:
+        raise ValueError(f"--teacher-forcing-ratio must be in [0, 1], got {cfg.teacher_forcing_ratio}")
+    if attention == "dot" and int(cfg.decoder_hidden_size) != 2 * int(cfg.encoder_hidden_size):
+        raise ValueError(
+            "--attention-type dot scores s_t^T h_j and needs --decoder-hidden-size equal to 2 x "
+            f"--encoder-hidden-size (the bidirectional state), got {cfg.decoder_hidden_size} and "
+            f"{cfg.encoder_hidden_size}; use --attention-type general for other sizes"
+        )
+    if cfg.share_decoder_input_output_embed and int(cfg.decoder_out_embed_dim) != int(cfg.decoder_embed_dim):
+        raise ValueError(
+            "--share-decoder-input-output-embed needs --decoder-out-embed-dim equal to --decoder-embed-dim "
+            f"(the vocabulary projection then reuses the embedding), got {cfg.decoder_out_embed_dim} and "
+            f"{cfg.decoder_embed_dim}"
+        )

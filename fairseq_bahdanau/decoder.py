@@ -1,0 +1,309 @@
+"""The attention GRU decoder (Bahdanau et al. 2015, Section 3.1 and Appendix A.2.2; Luong et al. 2015, Section 3).
+
+Additive attention (the paper), for target step i with previous state ``s_{i-1}`` and input token ``y_{i-1}``:
+
+    c_i   = sum_j alpha_ij h_j,  alpha_ij = softmax_j(v^T tanh(W s_{i-1} + U h_j))       (eqs. 5-7)
+    s_i   = GRU([E y_{i-1}; c_i], s_{i-1})                                                   (eq. 4, A.2.2)
+    t_i   = deep_output([s_i; c_i; E y_{i-1}])  ->  p(y_i | y_<i, x) = softmax(W_o t_i)     (eq. 4, A.2.2)
+
+Dot / general attention (Luong), with input feeding of the attentional state ``~s``:
+
+    s_t   = GRU([E y_{t-1}; ~s_{t-1}], s_{t-1});  c_t from score(s_t, h_j);
+    ~s_t  = tanh(W_c [c_t; s_t] + b_c)  ->  p(y_t | y_<t, x) = softmax(W_o deep_output(~s_t))
+
+Everything that does not depend on the previous step is kept out of the step loop: the attention keys (once per
+sentence, cached across incremental steps), the embedding part of the first GRU layer's input gates (one matrix
+multiply for all steps) and the whole output layer (applied once after the loop). Teacher forcing with a ratio
+below 1 is the only mode that needs the output layer inside the loop.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.models import FairseqIncrementalDecoder
+from torch import Tensor, nn
+
+from .attention import build_attention
+from .encoder import EncoderOut
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+def gru_cell(input_gates: Tensor, hidden: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> Tensor:
+    """One GRU update from precomputed input gates, with ``torch.nn.GRUCell``'s equations and weight layout.
+
+    ``r = sigmoid(W_ir x + U_r h)``, ``z = sigmoid(W_iz x + U_z h)``, ``n = tanh(W_in x + r * (U_n h))``,
+    ``h' = (1 - z) * n + z * h``. input_gates: B x 3H (``W_i x + b_i``), hidden: B x H -> B x H.
+    """
+    hidden_gates = F.linear(hidden, weight_hh, bias_hh)
+    i_r, i_z, i_n = input_gates.chunk(3, dim=1)
+    h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
+    reset = torch.sigmoid(i_r + h_r)
+    update = torch.sigmoid(i_z + h_z)
+    candidate = torch.tanh(i_n + reset * h_n)
+    return candidate + update * (hidden - candidate)
+
+
+class BahdanauGRUDecoder(FairseqIncrementalDecoder):
+    """GRU decoder with additive (default) or Luong attention, a deep output layer and incremental decoding."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        encoder_output_dim: int,
+        attention_type: str = "additive",
+        attention_dim: int = 0,
+        out_embed_dim: int = 0,
+        output_activation: str = "linear",
+        dropout: float = 0.5,
+        share_input_output_embed: bool = False,
+        teacher_forcing_ratio: float = 1.0,
+        max_positions: int = 1024,
+    ) -> None:
+        super().__init__(dictionary)
+        self.dropout = dropout
+        self.embed_dim = embed_dim
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.teacher_forcing_ratio = teacher_forcing_ratio
+        self.max_target_positions = max_positions
+        self.output_activation = output_activation
+        padding_idx = dictionary.pad()
+
+        self.embed_tokens = nn.Embedding(len(dictionary), embed_dim, padding_idx=padding_idx)
+        nn.init.uniform_(self.embed_tokens.weight, -0.1, 0.1)
+        nn.init.zeros_(self.embed_tokens.weight[padding_idx])
+        self.attention = build_attention(attention_type, hidden_size, encoder_output_dim, attention_dim)
+        self.additive = attention_type == "additive"
+        # What the first layer reads beside the embedding: the context c_i (additive) or ~s_{t-1} (Luong).
+        self.feed_dim = encoder_output_dim if self.additive else hidden_size
+        self.layers = nn.ModuleList(
+            [nn.GRUCell(embed_dim + self.feed_dim if i == 0 else hidden_size, hidden_size) for i in range(num_layers)]
+        )
+        # The output layer reads [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong).
+        features_dim = hidden_size + encoder_output_dim + embed_dim if self.additive else hidden_size
+        if out_embed_dim > 0:
+            width = 2 * out_embed_dim if output_activation == "maxout" else out_embed_dim
+            self.deep_output: Optional[nn.Linear] = nn.Linear(features_dim, width)
+            features_dim = out_embed_dim
+        else:
+            self.deep_output = None
+        self.output_projection = nn.Linear(features_dim, len(dictionary))
+        if share_input_output_embed:
+            if features_dim != embed_dim:
+                raise ValueError("--share-decoder-input-output-embed needs --decoder-out-embed-dim == --decoder-embed-dim")
+            self.output_projection.weight = self.embed_tokens.weight
+
+    # ------------------------------------------------------------------ fairseq interface
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[EncoderOut] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        features_only: bool = False,
+        **kwargs,
+    ) -> Tuple[Tensor, Dict[str, List[Tensor]]]:
+        """Score the next token at every target position.
+
+        Args:
+            prev_output_tokens: B x T previous tokens (teacher forcing); in incremental mode only the last column
+                is read, and the state of the earlier ones comes from ``incremental_state``.
+            encoder_out: the encoder's dict.
+            incremental_state: fairseq's per-generation cache, or None for a full forward.
+            features_only: return the output layer's input features (B x T x F) instead of logits.
+        Returns:
+            logits B x T x V and ``{"attn": [B x T x S]}``.
+        """
+        assert encoder_out is not None, "the decoder needs encoder_out"
+        if incremental_state is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+        keys, values, padding_mask = self._source_cache(encoder_out, incremental_state)
+        hidden, feed = self._initial_state(encoder_out, incremental_state)
+
+        emb = F.dropout(self.embed_tokens(prev_output_tokens), p=self.dropout, training=self.training)
+        if self.training and self.teacher_forcing_ratio < 1.0 and not features_only:
+            return self._forward_scheduled(emb, hidden, feed, keys, values, padding_mask)
+
+        outputs, feeds, attn, hidden, feed = self._run(emb, hidden, feed, keys, values, padding_mask)
+        if incremental_state is not None:
+            self._save_state(incremental_state, hidden, feed)
+        features = self._features(outputs, feeds, emb)
+        if features_only:
+            return features, {"attn": [attn]}
+        return self.output_layer(features), {"attn": [attn]}
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
+        return self.forward(prev_output_tokens, encoder_out, incremental_state, features_only=True)
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        """Deep output then vocabulary projection: ... x F -> ... x V."""
+        x = features
+        if self.deep_output is not None:
+            x = self.deep_output(x)
+            if self.output_activation == "maxout":  # t_i = [max(t~_{2j-1}, t~_{2j})]_j  (Appendix A.2.2)
+                x = x.view(*x.shape[:-1], -1, 2).amax(dim=-1)
+            elif self.output_activation == "tanh":
+                x = torch.tanh(x)
+            x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.output_projection(x)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """Beam search: select and reorder every cached per-sentence tensor along its batch axis."""
+        for key in ("state", "source"):
+            cached = self.get_incremental_state(incremental_state, key)
+            if cached is None:
+                continue
+            reordered = {k: (None if v is None else v.index_select(0, new_order)) for k, v in cached.items()}
+            self.set_incremental_state(incremental_state, key, reordered)
+
+    def max_positions(self) -> int:
+        return self.max_target_positions
+
+    # ------------------------------------------------------------------ the recurrence
+
+    def _source_cache(
+        self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Batch-first values (B x S x C), attention keys (B x S x A) and padding mask (B x S), computed once
+        per sentence and, in incremental decoding, cached for all later steps."""
+        if incremental_state is not None:
+            cached = self.get_incremental_state(incremental_state, "source")
+            if cached is not None:
+                return cached["keys"], cached["values"], cached["padding_mask"]
+        values = encoder_out["encoder_out"][0].transpose(0, 1).contiguous()
+        keys = self.attention.precompute(values)
+        padding_mask = encoder_out["encoder_padding_mask"][0]
+        if incremental_state is not None:
+            self.set_incremental_state(
+                incremental_state, "source", {"keys": keys, "values": values, "padding_mask": padding_mask}
+            )
+        return keys, values, padding_mask
+
+    def _initial_state(
+        self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
+    ) -> Tuple[Tensor, Tensor]:
+        """Hidden state B x L x H and Luong input feed B x H (zeros at the start; unused for additive)."""
+        if incremental_state is not None:
+            cached = self.get_incremental_state(incremental_state, "state")
+            if cached is not None:
+                return cached["hidden"], cached["feed"]
+        hidden = encoder_out["decoder_init"][0]
+        feed = hidden.new_zeros(hidden.size(0), self.hidden_size if not self.additive else 0)
+        return hidden, feed
+
+    def _save_state(self, incremental_state: IncrementalState, hidden: Tensor, feed: Tensor) -> None:
+        self.set_incremental_state(incremental_state, "state", {"hidden": hidden, "feed": feed})
+
+    def _run(
+        self,
+        emb: Tensor,
+        hidden: Tensor,
+        feed: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        padding_mask: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Teacher-forced recurrence over all T steps.
+
+        Args:
+            emb: B x T x E embedded input tokens; hidden: B x L x H; feed: B x H (Luong) or B x 0.
+        Returns:
+            outputs B x T x H (s_i, or ~s_t for Luong), contexts B x T x C (additive; empty for Luong),
+            attention B x T x S, final hidden B x L x H, final feed.
+        """
+        first = self.layers[0]
+        # The embedding part of the first layer's input gates, for every step at once.
+        emb_gates = F.linear(emb, first.weight_ih[:, : self.embed_dim], first.bias_ih)  # B x T x 3H
+        feed_weight = first.weight_ih[:, self.embed_dim :]
+        states = list(hidden.unbind(1))
+        outputs, contexts, attns = [], [], []
+        for t in range(emb.size(1)):
+            states, feed, output, context, attn = self._step(
+                emb_gates[:, t], feed_weight, states, feed, keys, values, padding_mask
+            )
+            outputs.append(output)
+            contexts.append(context)
+            attns.append(attn)
+        return (
+            torch.stack(outputs, dim=1),
+            torch.stack(contexts, dim=1),
+            torch.stack(attns, dim=1),
+            torch.stack(states, dim=1),
+            feed,
+        )
+
+    def _step(
+        self,
+        emb_gates: Tensor,
+        feed_weight: Tensor,
+        states: List[Tensor],
+        feed: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        padding_mask: Tensor,
+    ) -> Tuple[List[Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """One decoder step for the batch: returns new per-layer states, new feed, output, context, attention."""
+        first = self.layers[0]
+        if self.additive:
+            # c_i from s_{i-1}, then s_i = GRU([E y_{i-1}; c_i], s_{i-1})
+            context, attn = self.attention(states[-1], keys, values, padding_mask)
+            gates = emb_gates + F.linear(context, feed_weight)
+        else:
+            gates = emb_gates + F.linear(feed, feed_weight)
+        new_states = [gru_cell(gates, states[0], first.weight_hh, first.bias_hh)]
+        for layer, state in zip(self.layers[1:], states[1:]):
+            below = F.dropout(new_states[-1], p=self.dropout, training=self.training)
+            new_states.append(layer(below, state))
+        top = new_states[-1]
+        if self.additive:
+            return new_states, feed, top, context, attn
+        # Luong: attend with s_t, then ~s_t = tanh(W_c [c_t; s_t] + b_c) is both the output and the next feed.
+        context, attn = self.attention(top, keys, values, padding_mask)
+        attentional = self.attention.attentional_state(context, top)
+        return new_states, attentional, attentional, context[:, :0], attn
+
+    def _features(self, outputs: Tensor, contexts: Tensor, emb: Tensor) -> Tensor:
+        """The output layer's input: [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong). B x T x F."""
+        outputs = F.dropout(outputs, p=self.dropout, training=self.training)
+        if self.additive:
+            return torch.cat([outputs, contexts, emb], dim=-1)
+        return outputs
+
+    def _forward_scheduled(
+        self,
+        emb: Tensor,
+        hidden: Tensor,
+        feed: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        padding_mask: Tensor,
+    ) -> Tuple[Tensor, Dict[str, List[Tensor]]]:
+        """Training with ``--teacher-forcing-ratio < 1``: at each step after the first, feed the reference token
+        with that probability and otherwise the model's own greedy prediction (one coin per step for the whole
+        batch, from torch's seeded generator, as in the reference notebook)."""
+        first = self.layers[0]
+        emb_weight, feed_weight = first.weight_ih[:, : self.embed_dim], first.weight_ih[:, self.embed_dim :]
+        use_reference = torch.rand(emb.size(1)) < self.teacher_forcing_ratio
+        states = list(hidden.unbind(1))
+        logits, attns = [], []
+        step_emb = emb[:, 0]
+        for t in range(emb.size(1)):
+            if t > 0:
+                if use_reference[t]:
+                    step_emb = emb[:, t]
+                else:
+                    predicted = logits[-1].argmax(dim=-1)
+                    step_emb = F.dropout(self.embed_tokens(predicted), p=self.dropout, training=self.training)
+            gates = F.linear(step_emb, emb_weight, first.bias_ih)
+            states, feed, output, context, attn = self._step(
+                gates, feed_weight, states, feed, keys, values, padding_mask
+            )
+            features = self._features(output.unsqueeze(1), context.unsqueeze(1), step_emb.unsqueeze(1))
+            logits.append(self.output_layer(features).squeeze(1))
+            attns.append(attn)
+        return torch.stack(logits, dim=1), {"attn": [torch.stack(attns, dim=1)]}

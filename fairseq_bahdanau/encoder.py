@@ -1,0 +1,117 @@
+"""The bidirectional GRU encoder (Bahdanau et al. 2015, Section 3.2 and Appendix A.2.1)."""
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from fairseq.models import FairseqEncoder
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+EncoderOut = Dict[str, List[Tensor]]
+
+
+def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate every sentence of a time-major batch along time: ``out[t, b] = x[(t + shift[b]) % T, b]``.
+
+    Turns a left-padded batch into a right-padded one (``shift = number of pads``) and back
+    (``shift = length``). x: T x B x C, shift: B (long).
+    """
+    steps = x.size(0)
+    index = (torch.arange(steps, device=x.device).unsqueeze(1) + shift.unsqueeze(0)) % steps  # T x B
+    return x.gather(0, index.unsqueeze(2).expand_as(x))
+
+
+class BiGRUEncoder(FairseqEncoder):
+    """Annotations ``h_j = [h->_j; h<-_j]`` from a bidirectional GRU, exact for left- or right-padded batches.
+
+    Also computes the decoder's initial state from the final states of both directions of the top layer,
+    ``s_0 = tanh(W_s [h->_{T_x}; h<-_1])`` (the reference notebook; the paper uses ``h<-_1`` alone).
+    """
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        decoder_hidden_size: int,
+        decoder_layers: int,
+        dropout: float,
+        max_positions: int,
+    ) -> None:
+        super().__init__(dictionary)
+        self.padding_idx = dictionary.pad()
+        self.dropout = dropout
+        self.hidden_size = hidden_size
+        self.decoder_layers = decoder_layers
+        self.decoder_hidden_size = decoder_hidden_size
+        self.max_source_positions = max_positions
+        self.embed_tokens = nn.Embedding(len(dictionary), embed_dim, padding_idx=self.padding_idx)
+        nn.init.uniform_(self.embed_tokens.weight, -0.1, 0.1)
+        nn.init.zeros_(self.embed_tokens.weight[self.padding_idx])
+        self.gru = nn.GRU(
+            embed_dim,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.init_state = nn.Linear(2 * hidden_size, decoder_layers * decoder_hidden_size)  # W_s
+
+    @property
+    def output_dim(self) -> int:
+        """Size of one annotation ``h_j``: 2 x hidden size."""
+        return 2 * self.hidden_size
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor = None, **kwargs) -> EncoderOut:
+        """Encode a batch.
+
+        Args:
+            src_tokens: B x S token ids, left- or right-padded.
+            src_lengths: B lengths (unused: lengths are read off the padding, so they cannot disagree).
+        Returns:
+            ``encoder_out``: [S x B x 2H] annotations in the same padding layout as ``src_tokens``
+            (zero at padding); ``encoder_padding_mask``: [B x S], True at padding; ``decoder_init``:
+            [B x L x H_dec], the decoder's initial state for each of its L layers.
+        """
+        bsz, src_len = src_tokens.shape
+        padding_mask = src_tokens.eq(self.padding_idx)
+        x = F.dropout(self.embed_tokens(src_tokens), p=self.dropout, training=self.training)
+        x = x.transpose(0, 1)  # S x B x E
+
+        if padding_mask.any():
+            lengths = src_len - padding_mask.sum(dim=1)
+            num_pads = src_len - lengths
+            left_padded = bool(padding_mask[:, 0].any())
+            if left_padded:
+                x = roll_columns(x, num_pads)
+            packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            packed_out, final = self.gru(packed)
+            out, _ = pad_packed_sequence(packed_out, total_length=src_len)
+            if left_padded:
+                out = roll_columns(out, lengths)
+        else:
+            out, final = self.gru(x)
+
+        # final: (layers * 2) x B x H; the top layer's forward state saw the whole sentence, and so did its
+        # backward state (which ends at the first token).
+        top = torch.cat([final[-2], final[-1]], dim=1)
+        init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
+        out = F.dropout(out, p=self.dropout, training=self.training)
+        return {
+            "encoder_out": [out],
+            "encoder_padding_mask": [padding_mask],
+            "decoder_init": [init],
+        }
+
+    def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
+        """Select and reorder the batch (beam search): every entry, along its batch axis."""
+        return {
+            "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
+            "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
+            "decoder_init": [encoder_out["decoder_init"][0].index_select(0, new_order)],
+        }
+
+    def max_positions(self) -> int:
+        return self.max_source_positions
