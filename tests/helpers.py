@@ -1,0 +1,70 @@
+"""Shared test helpers: tiny dictionaries and models, padded batches, and fairseq command-line runs."""
+
+import argparse
+import os
+import subprocess
+import sys
+from typing import List, Sequence
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_CONFIG_REGISTRY
+
+import fairseq_bahdanau  # noqa: F401  (registers the model)
+from fairseq_bahdanau.model import BahdanauGRUModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(ROOT, "fairseq_bahdanau")
+BIN = os.path.dirname(sys.executable)
+
+
+def dictionary(size: int = 20) -> Dictionary:
+    d = Dictionary()
+    for i in range(size):
+        d.add_symbol(f"w{i}")
+    d.finalize(padding_factor=1)
+    return d
+
+
+class DummyTask:
+    def __init__(self, src_dict: Dictionary, tgt_dict: Dictionary) -> None:
+        self.source_dictionary = src_dict
+        self.target_dictionary = tgt_dict
+
+
+def build_model(arch: str = "bahdanau_gru_tiny", seed: int = 0, **overrides) -> BahdanauGRUModel:
+    """A model of ``arch`` with ``overrides`` (flag names with underscores), in eval mode."""
+    torch.manual_seed(seed)
+    args = argparse.Namespace(**overrides)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    src, tgt = dictionary(23), dictionary(19)
+    model = BahdanauGRUModel.build_model(args, DummyTask(src, tgt))
+    return model.eval()
+
+
+def pad_batch(sentences: Sequence[Sequence[int]], pad: int, left: bool) -> torch.Tensor:
+    """B x S batch of token lists, left- or right-padded."""
+    width = max(len(s) for s in sentences)
+    rows = []
+    for s in sentences:
+        padding = [pad] * (width - len(s))
+        rows.append(padding + list(s) if left else list(s) + padding)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def random_sentences(dict_: Dictionary, lengths: Sequence[int], seed: int = 0) -> List[List[int]]:
+    """Random sentences of real symbols, each ending in EOS."""
+    g = torch.Generator().manual_seed(seed)
+    first = dict_.nspecial
+    return [torch.randint(first, len(dict_), (n - 1,), generator=g).tolist() + [dict_.eos()] for n in lengths]
+
+
+def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str = None) -> subprocess.CompletedProcess:
+    """Run a fairseq console script from this environment; stdout and stderr are captured as text."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [os.path.join(BIN, tool), *args], input=stdin, capture_output=True, text=True, env=env, cwd=cwd
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc

@@ -1,0 +1,180 @@
+"""Unit tests of the model's equations and fairseq contracts, on tiny models with random weights."""
+
+import pytest
+import torch
+
+from fairseq.sequence_generator import SequenceGenerator
+
+from helpers import build_model, pad_batch, random_sentences
+import reference
+
+ATTENTION_TYPES = ["additive", "dot", "general"]
+VARIANTS = [
+    {"attention_type": "additive"},
+    {"attention_type": "dot"},
+    {"attention_type": "general"},
+    {"attention_type": "additive", "encoder_layers": 2, "decoder_layers": 2},
+    {"attention_type": "general", "decoder_layers": 2, "decoder_out_embed_dim": 16, "decoder_output_activation": "tanh"},
+    {"attention_type": "additive", "decoder_out_embed_dim": 12, "decoder_output_activation": "maxout",
+     "attention_dim": 24},
+    {"attention_type": "additive", "decoder_out_embed_dim": 32, "share_decoder_input_output_embed": True},
+]
+IDS = [",".join(f"{k}={v}" for k, v in variant.items()) for variant in VARIANTS]
+
+
+def batch(model, lengths=(7, 3, 5, 1 + 1), tgt_len=6, left=True, seed=0):
+    src_dict, tgt_dict = model.encoder.dictionary, model.decoder.dictionary
+    sentences = random_sentences(src_dict, lengths, seed)
+    src = pad_batch(sentences, src_dict.pad(), left)
+    g = torch.Generator().manual_seed(seed + 1)
+    prev = torch.randint(tgt_dict.nspecial, len(tgt_dict), (len(lengths), tgt_len), generator=g)
+    prev[:, 0] = tgt_dict.eos()
+    return sentences, src, torch.tensor(lengths), prev
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)
+def test_incremental_decoding_equals_full_forward(overrides):
+    model = build_model(**overrides)
+    _, src, lengths, prev = batch(model)
+    with torch.no_grad():
+        full, extra = model(src, lengths, prev)
+        encoder_out = model.encoder(src, lengths)
+        state = {}
+        steps = [model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state) for t in range(prev.size(1))]
+    step_logits = torch.cat([logits for logits, _ in steps], dim=1)
+    step_attn = torch.cat([out["attn"][0] for _, out in steps], dim=1)
+    assert full.shape == (src.size(0), prev.size(1), len(model.decoder.dictionary))
+    torch.testing.assert_close(step_logits, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(step_attn, extra["attn"][0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_attention_sums_to_one_and_is_zero_on_padding(attention_type, left):
+    model = build_model(attention_type=attention_type)
+    _, src, lengths, prev = batch(model, left=left)
+    with torch.no_grad():
+        _, extra = model(src, lengths, prev)
+    attn = extra["attn"][0]  # B x T x S
+    pad = src.eq(model.encoder.dictionary.pad())
+    assert attn.shape == (src.size(0), prev.size(1), src.size(1))
+    torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:2]))
+    assert torch.all(attn.masked_select(pad.unsqueeze(1).expand_as(attn)) == 0)
+    assert torch.all(attn.masked_select(~pad.unsqueeze(1).expand_as(attn)) > 0)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS[:4], ids=IDS[:4])
+@pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
+def test_padding_never_changes_a_sentence(overrides, left):
+    model = build_model(**overrides)
+    sentences, src, lengths, prev = batch(model, lengths=(7, 3, 5, 2), left=left)
+    with torch.no_grad():
+        batched = model.encoder(src, lengths)
+        logits, extra = model(src, lengths, prev)
+        for b, sentence in enumerate(sentences):
+            alone_src = torch.tensor([sentence])
+            alone = model.encoder(alone_src, torch.tensor([len(sentence)]))
+            positions = ~src[b].eq(model.encoder.dictionary.pad())
+            torch.testing.assert_close(
+                batched["encoder_out"][0][positions, b], alone["encoder_out"][0][:, 0], atol=1e-6, rtol=0
+            )
+            torch.testing.assert_close(batched["decoder_init"][0][b], alone["decoder_init"][0][0], atol=1e-6, rtol=0)
+            alone_logits, alone_extra = model(alone_src, torch.tensor([len(sentence)]), prev[b : b + 1])
+            torch.testing.assert_close(logits[b], alone_logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(extra["attn"][0][b][:, positions], alone_extra["attn"][0][0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
+def test_translation_alone_equals_translation_in_padded_batch(left):
+    model = build_model()
+    tgt_dict = model.decoder.dictionary
+    sentences, src, lengths, _ = batch(model, lengths=(9, 2, 6, 4), left=left)
+    generator = SequenceGenerator([model], tgt_dict, beam_size=3, max_len_b=12)
+    with torch.no_grad():
+        together = generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": lengths}})
+        for b, sentence in enumerate(sentences):
+            sample = {"net_input": {"src_tokens": torch.tensor([sentence]), "src_lengths": torch.tensor([len(sentence)])}}
+            alone = generator.generate([model], sample)
+            assert alone[0][0]["tokens"].tolist() == together[b][0]["tokens"].tolist()
+            assert abs(float(alone[0][0]["score"]) - float(together[b][0]["score"])) < 1e-5
+
+
+@pytest.mark.parametrize("overrides", VARIANTS[:4], ids=IDS[:4])
+def test_reordering_is_exact(overrides):
+    """Reorder encoder output and incremental state mid-sentence (with repeats, as beam search does): the next
+    steps equal those of a batch built in the new order from the start."""
+    model = build_model(**overrides)
+    _, src, lengths, prev = batch(model, lengths=(7, 3, 5, 4, 6))
+    new_order = torch.tensor([3, 0, 0, 4, 2, 1, 3])
+    with torch.no_grad():
+        state = {}
+        encoder_out = model.encoder(src, lengths)
+        for t in range(3):
+            model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state)
+        encoder_out = model.encoder.reorder_encoder_out(encoder_out, new_order)
+        model.decoder.reorder_incremental_state_scripting(state, new_order)
+        reordered = [model.decoder(prev[new_order, : t + 1], encoder_out, incremental_state=state)[0]
+                     for t in range(3, prev.size(1))]
+
+        fresh_state = {}
+        fresh_encoder_out = model.encoder(src[new_order], lengths[new_order])
+        fresh = [model.decoder(prev[new_order, : t + 1], fresh_encoder_out, incremental_state=fresh_state)[0]
+                 for t in range(prev.size(1))][3:]
+    for got, want in zip(reordered, fresh):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_reorder_incremental_state_selects_every_cached_tensor():
+    model = build_model()
+    _, src, lengths, prev = batch(model)
+    state = {}
+    with torch.no_grad():
+        model.decoder(prev[:, :2], model.encoder(src, lengths), incremental_state=state)
+    before = {key: {k: v.clone() for k, v in model.decoder.get_incremental_state(state, key).items()}
+              for key in ("state", "source")}
+    new_order = torch.randperm(src.size(0), generator=torch.Generator().manual_seed(3))
+    model.decoder.reorder_incremental_state_scripting(state, new_order)
+    for key, cached in before.items():
+        after = model.decoder.get_incremental_state(state, key)
+        assert set(after) == set(cached)
+        for name, value in cached.items():
+            assert torch.equal(after[name], value.index_select(0, new_order)), (key, name)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)
+def test_reference_equations_agree_with_the_fast_model(overrides):
+    model = build_model(**overrides)
+    sentences, src, lengths, prev = batch(model, lengths=(6, 3, 4))
+    with torch.no_grad():
+        logits, extra = model(src, lengths, prev)
+        pad = model.encoder.dictionary.pad()
+        for b, sentence in enumerate(sentences):
+            ref_logits, ref_attn = reference.decode(model, sentence, prev[b].tolist())
+            torch.testing.assert_close(logits[b], ref_logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(extra["attn"][0][b][:, src[b] != pad], ref_attn, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_every_parameter_gets_a_gradient(attention_type):
+    for ratio in (1.0, 0.5):
+        model = build_model(attention_type=attention_type, decoder_layers=2, teacher_forcing_ratio=ratio).train()
+        _, src, lengths, prev = batch(model)
+        logits, _ = model(src, lengths, prev)
+        logits.logsumexp(-1).sum().backward()
+        unused = [name for name, p in model.named_parameters() if p.grad is None]
+        assert not unused, f"parameters without gradient (ratio {ratio}): {unused}"
+
+
+def test_teacher_forcing_ratio_feeds_predictions():
+    """With ratio 0 the model's own greedy predictions are fed: step t's logits equal those of a teacher-forced
+    run on the greedy prefix; with ratio 1 training uses the reference tokens (the fast path)."""
+    model = build_model(teacher_forcing_ratio=0.0, dropout=0.0).train()
+    _, src, lengths, prev = batch(model)
+    with torch.no_grad():
+        free, _ = model(src, lengths, prev)
+        greedy = torch.cat([prev[:, :1], free.argmax(-1)[:, :-1]], dim=1)
+        model.decoder.teacher_forcing_ratio = 1.0
+        forced, _ = model(src, lengths, greedy)
+        reference_forced, _ = model(src, lengths, prev)
+    torch.testing.assert_close(free, forced, atol=1e-5, rtol=0)
+    assert not torch.allclose(free, reference_forced)
