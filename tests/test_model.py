@@ -178,3 +178,16 @@ def test_teacher_forcing_ratio_feeds_predictions():
         reference_forced, _ = model(src, lengths, prev)
     torch.testing.assert_close(free, forced, atol=1e-5, rtol=0)
     assert not torch.allclose(free, reference_forced)
+
+
+def test_batching_keeps_every_example():
+    """compat.py: fairseq-fixed's batch_by_size would drop the tail that is not a multiple of 8."""
+    import numpy as np
+    from fairseq.data import data_utils
+
+    indices = np.random.RandomState(0).permutation(1014).astype(np.int64)
+    sizes = np.random.RandomState(1).randint(1, 30, 1014).astype(np.int64)
+    for kwargs in ({"max_tokens": 4000}, {"max_sentences": 50}):
+        batches = data_utils.batch_by_size(indices, lambda i: sizes[i], required_batch_size_multiple=8,
+                                           num_tokens_vec=sizes[indices], **kwargs)
+        assert np.array_equal(np.concatenate(batches), indices)

@@ -1,0 +1,131 @@
+"""End to end through fairseq's own tools: preprocess, train (and resume), generate, interactive, hub."""
+
+import os
+import re
+
+import pytest
+import sacrebleu
+
+from fairseq_bahdanau.synthetic import write_corpus
+from helpers import USER_DIR, run
+
+EPOCHS = 12
+TRAIN = ["--optimizer", "adam", "--lr", "0.01", "--clip-norm", "1.0", "--max-tokens", "600", "--cpu",
+         "--log-format", "simple", "--log-interval", "50", "--seed", "1", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    write_corpus(str(root / "raw"), train=2000, valid=100, test=100, seed=3)
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", str(root / "raw/train"),
+        "--validpref", str(root / "raw/valid"), "--testpref", str(root / "raw/test"), "--destdir", str(root / "bin"),
+        "--workers", "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    save = data / "tiny"
+    run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+        "--max-epoch", str(EPOCHS), "--save-dir", str(save), *TRAIN)
+    return save
+
+
+def hypotheses(output: str, prefix: str = "H"):
+    """{sentence id: [hypothesis strings]} from fairseq-generate / interactive output."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith(prefix + "-"):
+            head, _score, text = line.split("\t")
+            found.setdefault(int(head[len(prefix) + 1 :]), []).append(text)
+    return found
+
+
+def test_training_learns_the_reordering_task(data, trained):
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(trained / "checkpoint_best.pt"), "--beam", "5", "--batch-size", "50", "--cpu").stdout
+    hyps = hypotheses(out)
+    refs = (data / "raw/test.tgt").read_text().splitlines()
+    bleu = sacrebleu.corpus_bleu([hyps[i][0] for i in range(len(refs))], [refs]).score
+    assert bleu > 80, f"trained tiny model only reaches BLEU {bleu:.1f}"
+
+
+def test_an_untrained_model_cannot_do_it(data, tmp_path):
+    run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+        "--max-update", "1", "--save-dir", str(tmp_path), *TRAIN)
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(tmp_path / "checkpoint_last.pt"), "--beam", "5", "--batch-size", "50", "--cpu").stdout
+    hyps = hypotheses(out)
+    refs = (data / "raw/test.tgt").read_text().splitlines()
+    assert sacrebleu.corpus_bleu([hyps[i][0] for i in range(len(refs))], [refs]).score < 10
+
+
+def test_generate_prints_alignments_that_find_the_moved_verb(data, trained):
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(trained / "checkpoint_best.pt"), "--beam", "5", "--batch-size", "50", "--cpu",
+              "--print-alignment").stdout
+    sources = {int(l.split("\t")[0][2:]): l.split("\t")[1].split() for l in out.splitlines() if l.startswith("S-")}
+    alignments = {int(l.split("\t")[0][2:]): l.split("\t")[1].split() for l in out.splitlines() if l.startswith("A-")}
+    assert len(alignments) == len(sources) == 100
+    verb_found = 0
+    for i, pairs in alignments.items():
+        pairs = [tuple(map(int, p.split("-"))) for p in pairs]
+        assert all(0 <= s < len(sources[i]) for s, _ in pairs)
+        # the first target word translates the verb, which is the last source word
+        verb_found += (len(sources[i]) - 1, 0) in pairs
+    assert verb_found >= 90
+
+
+def test_nbest_and_ensemble(data, trained):
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              f"{trained / 'checkpoint_best.pt'}:{trained / f'checkpoint{EPOCHS - 1}.pt'}", "--beam", "4",
+              "--nbest", "3", "--batch-size", "50", "--cpu").stdout
+    hyps = hypotheses(out)
+    assert len(hyps) == 100 and all(len(h) == 3 for h in hyps.values())
+    assert "BLEU4" in out
+
+
+@pytest.mark.parametrize("attention_type", ["dot", "general"])
+def test_luong_attention_trains_and_generates(data, tmp_path, attention_type):
+    run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+        "--attention-type", attention_type, "--max-update", "30", "--save-dir", str(tmp_path), *TRAIN)
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(tmp_path / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "50", "--cpu",
+              "--print-alignment").stdout
+    assert len(hypotheses(out)) == 100
+    assert sum(line.startswith("A-") for line in out.splitlines()) == 100
+
+
+def test_interactive_translates_stdin(data, trained, tmp_path):
+    raw = (data / "raw/test.src").read_text().splitlines()[:5]
+    refs = (data / "raw/test.tgt").read_text().splitlines()[:5]
+    # run from another directory, with --user-dir pointing at the package directory
+    out = run("fairseq-interactive", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(trained / "checkpoint_best.pt"), "--beam", "5", "--source-lang", "src", "--target-lang", "tgt",
+              "--cpu", stdin="\n".join(raw) + "\n", cwd=str(tmp_path)).stdout
+    hyps = hypotheses(out)
+    assert [hyps[i][0] for i in range(5)] == refs
+
+
+def test_training_resumes_from_checkpoint_last(data, trained, tmp_path):
+    save = tmp_path / "resume"
+    save.mkdir()
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        (save / name).write_bytes((trained / name).read_bytes())
+    out = run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+              "--max-epoch", str(EPOCHS + 1), "--save-dir", str(save), *TRAIN)
+    log = out.stdout + out.stderr
+    assert re.search(rf"Loaded checkpoint .*checkpoint_last\.pt \(epoch {EPOCHS + 1} @", log), log[-3000:]
+    assert f"epoch {EPOCHS + 1:03d} | valid on 'valid' subset" in log
+    assert f"epoch {EPOCHS:03d} | valid" not in log
+
+
+def test_hub_interface_translates(data, trained):
+    from fairseq_bahdanau import BahdanauGRUModel
+
+    hub = BahdanauGRUModel.from_pretrained(str(trained), checkpoint_file="checkpoint_best.pt",
+                                           data_name_or_path=str(data / "bin"))
+    src = (data / "raw/test.src").read_text().splitlines()[0]
+    ref = (data / "raw/test.tgt").read_text().splitlines()[0]
+    assert hub.translate(src, beam=5) == ref

@@ -1,0 +1,71 @@
+"""Registration, architecture defaults, flag overrides and bad flag values."""
+
+import pytest
+from fairseq import options
+from fairseq.models import ARCH_MODEL_REGISTRY
+
+from helpers import build_model
+
+
+def parse(*flags):
+    parser = options.get_training_parser()
+    return options.parse_args_and_arch(parser, ["data", "--task", "translation", *flags])
+
+
+def test_architectures_are_registered():
+    for arch in ("bahdanau_gru", "bahdanau_gru_rnnsearch", "bahdanau_gru_tiny"):
+        assert ARCH_MODEL_REGISTRY[arch].__name__ == "BahdanauGRUModel"
+
+
+def test_notebook_configuration_is_the_default():
+    model = build_model("bahdanau_gru")
+    assert model.encoder.embed_tokens.embedding_dim == 256
+    assert model.encoder.gru.hidden_size == 512 and model.encoder.gru.bidirectional
+    assert model.decoder.hidden_size == 512 and model.decoder.dropout == 0.5
+    assert model.decoder.additive and model.decoder.deep_output is None
+    # the output projection reads [s_i; c_i; E y_{i-1}] = 512 + 1024 + 256
+    assert model.decoder.output_projection.in_features == 512 + 1024 + 256
+
+
+def test_rnnsearch_configuration():
+    model = build_model("bahdanau_gru_rnnsearch")
+    assert model.encoder.gru.hidden_size == 1000 and model.decoder.hidden_size == 1000
+    assert model.decoder.embed_tokens.embedding_dim == 620
+    assert model.decoder.output_activation == "maxout"
+    assert model.decoder.deep_output.out_features == 2 * 500
+    assert model.decoder.output_projection.in_features == 500
+
+
+def test_flags_override_architecture_defaults():
+    args = parse("--arch", "bahdanau_gru_tiny", "--encoder-hidden-size", "48", "--attention-type", "general")
+    assert args.encoder_hidden_size == 48
+    assert args.decoder_hidden_size == 64  # the tiny default
+    assert args.attention_type == "general"
+    assert args.decoder_embed_dim == 32
+    assert args.teacher_forcing_ratio == 1.0  # the dataclass default
+
+
+def test_unknown_attention_type_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        parse("--arch", "bahdanau_gru_tiny", "--attention-type", "cosine")
+    assert "--attention-type" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        ({"encoder_hidden_size": 0}, "--encoder-hidden-size"),
+        ({"decoder_embed_dim": -4}, "--decoder-embed-dim"),
+        ({"decoder_layers": 0}, "--decoder-layers"),
+        ({"teacher_forcing_ratio": 1.5}, "--teacher-forcing-ratio"),
+        ({"teacher_forcing_ratio": -0.1}, "--teacher-forcing-ratio"),
+        ({"dropout": 1.0}, "--dropout"),
+        ({"share_decoder_input_output_embed": True}, "--share-decoder-input-output-embed"),
+        ({"attention_type": "dot", "decoder_hidden_size": 40}, "--attention-type dot"),
+        ({"decoder_output_activation": "maxout"}, "--decoder-out-embed-dim"),
+        ({"attention_type": "cosine"}, "--attention-type"),
+    ],
+)
+def test_bad_values_fail_at_build_time_naming_the_flag(overrides, flag):
+    with pytest.raises(ValueError, match=flag):
+        build_model(**overrides)
