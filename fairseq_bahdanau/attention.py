@@ -4,31 +4,37 @@ Two families, one interface. Every module splits its work in two:
 
 * ``precompute(values) -> keys``: whatever depends only on the source sentence, done once per sentence
   (``U h_j`` for additive attention, ``W_a h_j`` for general attention) and cached by the decoder;
-* ``forward(query, keys, values, padding_mask) -> (context, weights)``: the per-step part.
+* ``forward(query, keys, values, mask_bias) -> (context, weights)``: the per-step part.
 
 Shapes: ``B`` batch, ``S`` source length, ``C`` annotation size (2 x encoder hidden), ``A`` attention size,
-``Q`` query size (decoder hidden). Padded source positions get exactly zero weight.
+``Q`` query size (decoder hidden). ``mask_bias`` (B x S) is 0 at real positions and -inf at padding (see
+``padding_bias``), so padded source positions get exactly zero weight.
 """
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def masked_softmax(scores: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+def padding_bias(padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """B x S bias, 0 at real positions and -inf at padding (True in ``padding_mask``); made once per sentence."""
+    return torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device).masked_fill(
+        padding_mask, float("-inf")
+    )
+
+
+def masked_softmax(scores: Tensor, mask_bias: Tensor) -> Tensor:
     """Softmax over the source axis with padded positions set to exactly zero.
 
     Args:
         scores: B x S energies.
-        padding_mask: B x S, True at padding (or None).
+        mask_bias: B x S, 0 at real positions and -inf at padding.
     Returns:
         B x S weights that sum to 1 over the real positions.
     """
-    if padding_mask is not None:
-        scores = scores.masked_fill(padding_mask, float("-inf"))
-    return F.softmax(scores.float(), dim=-1).type_as(scores)
+    return F.softmax((scores + mask_bias).float(), dim=-1).type_as(scores)
 
 
 class AdditiveAttention(nn.Module):
@@ -52,17 +58,20 @@ class AdditiveAttention(nn.Module):
         """``U_a h_j`` for every source position, once per sentence: B x S x C -> B x S x A."""
         return self.key_proj(values)
 
-    def score(self, projected_query: Tensor, keys: Tensor) -> Tensor:
-        """Energies from an already projected query ``W_a s_{i-1}`` (B x A) and keys (B x S x A): B x S."""
-        return torch.tanh(keys + projected_query.unsqueeze(1)).matmul(self.v)
-
-    def forward(
-        self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Optional[Tensor]
+    def attend(
+        self, projected_query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor
     ) -> Tuple[Tensor, Tensor]:
-        """query B x Q, keys B x S x A, values B x S x C -> context B x C, weights B x S."""
-        weights = masked_softmax(self.score(self.query_proj(query), keys), padding_mask)
+        """The step from an already projected query ``W_a s_{i-1}`` (B x A): the decoder computes it in the same
+        matrix multiply as the GRU's hidden gates. keys B x S x A, values B x S x C -> context B x C,
+        weights B x S."""
+        energies = torch.tanh(keys + projected_query.unsqueeze(1)).matmul(self.v)
+        weights = masked_softmax(energies, mask_bias)
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
         return context, weights
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor) -> Tuple[Tensor, Tensor]:
+        """query B x Q, keys B x S x A, values B x S x C -> context B x C, weights B x S."""
+        return self.attend(self.query_proj(query), keys, values, mask_bias)
 
 
 class LuongAttention(nn.Module):
@@ -89,12 +98,10 @@ class LuongAttention(nn.Module):
         """``W_a h_j`` (general) or ``h_j`` itself (dot), once per sentence: B x S x C -> B x S x Q."""
         return values if self.key_proj is None else self.key_proj(values)
 
-    def forward(
-        self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Optional[Tensor]
-    ) -> Tuple[Tensor, Tensor]:
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor) -> Tuple[Tensor, Tensor]:
         """query B x Q, keys B x S x Q, values B x S x C -> context B x C, weights B x S."""
         scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
-        weights = masked_softmax(scores, padding_mask)
+        weights = masked_softmax(scores, mask_bias)
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
         return context, weights
 

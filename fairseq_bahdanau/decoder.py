@@ -17,32 +17,46 @@ multiply for all steps) and the whole output layer (applied once after the loop)
 below 1 is the only mode that needs the output layer inside the loop.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
-from .attention import build_attention
+from .attention import build_attention, padding_bias
 from .encoder import EncoderOut
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
-def gru_cell(input_gates: Tensor, hidden: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> Tensor:
-    """One GRU update from precomputed input gates, with ``torch.nn.GRUCell``'s equations and weight layout.
+def gru_update(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
+    """One GRU update from precomputed gates, with ``torch.nn.GRUCell``'s equations and weight layout.
 
     ``r = sigmoid(W_ir x + U_r h)``, ``z = sigmoid(W_iz x + U_z h)``, ``n = tanh(W_in x + r * (U_n h))``,
-    ``h' = (1 - z) * n + z * h``. input_gates: B x 3H (``W_i x + b_i``), hidden: B x H -> B x H.
+    ``h' = (1 - z) * n + z * h``. input_gates: B x 3H (``W_i x + b_i``), hidden_gates: B x 3H (``U h + b_h``),
+    hidden: B x H -> B x H.
     """
-    hidden_gates = F.linear(hidden, weight_hh, bias_hh)
     i_r, i_z, i_n = input_gates.chunk(3, dim=1)
     h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(i_n + reset * h_n)
     return candidate + update * (hidden - candidate)
+
+
+class StepWeights(NamedTuple):
+    """Weights of the step function, arranged once per forward call (not per step).
+
+    ``hidden_weight`` is the first layer's ``W_hh``, stacked with the additive attention's query projection ``W_a``
+    when both read the same state (one decoder layer), so that one matrix multiply per step gives both the GRU's
+    hidden gates and the attention query.
+    """
+
+    feed_weight: Tensor  # 3H x (C or H): the context / ~s part of the first layer's input weights
+    hidden_weight: Tensor  # 3H (+ A) x H
+    hidden_bias: Tensor  # 3H (+ A)
+    fused_query: bool
 
 
 class BahdanauGRUDecoder(FairseqIncrementalDecoder):
@@ -122,14 +136,14 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         assert encoder_out is not None, "the decoder needs encoder_out"
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
-        keys, values, padding_mask = self._source_cache(encoder_out, incremental_state)
+        keys, values, mask_bias = self._source_cache(encoder_out, incremental_state)
         hidden, feed = self._initial_state(encoder_out, incremental_state)
 
         emb = F.dropout(self.embed_tokens(prev_output_tokens), p=self.dropout, training=self.training)
         if self.training and self.teacher_forcing_ratio < 1.0 and not features_only:
-            return self._forward_scheduled(emb, hidden, feed, keys, values, padding_mask)
+            return self._forward_scheduled(emb, hidden, feed, keys, values, mask_bias)
 
-        outputs, feeds, attn, hidden, feed = self._run(emb, hidden, feed, keys, values, padding_mask)
+        outputs, feeds, attn, hidden, feed = self._run(emb, hidden, feed, keys, values, mask_bias)
         if incremental_state is not None:
             self._save_state(incremental_state, hidden, feed)
         features = self._features(outputs, feeds, emb)
@@ -169,20 +183,20 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _source_cache(
         self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Batch-first values (B x S x C), attention keys (B x S x A) and padding mask (B x S), computed once
-        per sentence and, in incremental decoding, cached for all later steps."""
+        """Batch-first values (B x S x C), attention keys (B x S x A) and padding bias (B x S: 0, or -inf at
+        padding), computed once per sentence and, in incremental decoding, cached for all later steps."""
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "source")
             if cached is not None:
-                return cached["keys"], cached["values"], cached["padding_mask"]
+                return cached["keys"], cached["values"], cached["mask_bias"]
         values = encoder_out["encoder_out"][0].transpose(0, 1).contiguous()
         keys = self.attention.precompute(values)
-        padding_mask = encoder_out["encoder_padding_mask"][0]
+        mask_bias = padding_bias(encoder_out["encoder_padding_mask"][0], values.dtype)
         if incremental_state is not None:
             self.set_incremental_state(
-                incremental_state, "source", {"keys": keys, "values": values, "padding_mask": padding_mask}
+                incremental_state, "source", {"keys": keys, "values": values, "mask_bias": mask_bias}
             )
-        return keys, values, padding_mask
+        return keys, values, mask_bias
 
     def _initial_state(
         self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
@@ -199,6 +213,19 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _save_state(self, incremental_state: IncrementalState, hidden: Tensor, feed: Tensor) -> None:
         self.set_incremental_state(incremental_state, "state", {"hidden": hidden, "feed": feed})
 
+    def _step_weights(self) -> StepWeights:
+        first = self.layers[0]
+        feed_weight = first.weight_ih[:, self.embed_dim :]
+        if self.additive and self.num_layers == 1:
+            query_proj = self.attention.query_proj.weight
+            return StepWeights(
+                feed_weight,
+                torch.cat([first.weight_hh, query_proj], dim=0),
+                torch.cat([first.bias_hh, first.bias_hh.new_zeros(query_proj.size(0))]),
+                fused_query=True,
+            )
+        return StepWeights(feed_weight, first.weight_hh, first.bias_hh, fused_query=False)
+
     def _run(
         self,
         emb: Tensor,
@@ -206,26 +233,25 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         feed: Tensor,
         keys: Tensor,
         values: Tensor,
-        padding_mask: Tensor,
+        mask_bias: Tensor,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Teacher-forced recurrence over all T steps.
 
         Args:
-            emb: B x T x E embedded input tokens; hidden: B x L x H; feed: B x H (Luong) or B x 0.
+            emb: B x T x E embedded input tokens; hidden: B x L x H; feed: B x H (Luong) or B x 0;
+            keys, values, mask_bias: from ``_source_cache``.
         Returns:
             outputs B x T x H (s_i, or ~s_t for Luong), contexts B x T x C (additive; empty for Luong),
             attention B x T x S, final hidden B x L x H, final feed.
         """
         first = self.layers[0]
+        weights = self._step_weights()
         # The embedding part of the first layer's input gates, for every step at once.
         emb_gates = F.linear(emb, first.weight_ih[:, : self.embed_dim], first.bias_ih)  # B x T x 3H
-        feed_weight = first.weight_ih[:, self.embed_dim :]
         states = list(hidden.unbind(1))
         outputs, contexts, attns = [], [], []
         for t in range(emb.size(1)):
-            states, feed, output, context, attn = self._step(
-                emb_gates[:, t], feed_weight, states, feed, keys, values, padding_mask
-            )
+            states, feed, output, context, attn = self._step(emb_gates[:, t], weights, states, feed, keys, values, mask_bias)
             outputs.append(output)
             contexts.append(context)
             attns.append(attn)
@@ -240,22 +266,33 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _step(
         self,
         emb_gates: Tensor,
-        feed_weight: Tensor,
+        weights: StepWeights,
         states: List[Tensor],
         feed: Tensor,
         keys: Tensor,
         values: Tensor,
-        padding_mask: Tensor,
+        mask_bias: Tensor,
     ) -> Tuple[List[Tensor], Tensor, Tensor, Tensor, Tensor]:
-        """One decoder step for the batch: returns new per-layer states, new feed, output, context, attention."""
-        first = self.layers[0]
+        """One decoder step for the batch.
+
+        Args:
+            emb_gates: B x 3H, the embedding part of the first layer's input gates (with its bias);
+            states: L tensors B x H; feed: B x H (Luong's ~s_{t-1}) or B x 0.
+        Returns:
+            new states, new feed, output (s_i or ~s_t, B x H), context (B x C; B x 0 for Luong), attention B x S.
+        """
+        hidden_gates = F.linear(states[0], weights.hidden_weight, weights.hidden_bias)
         if self.additive:
             # c_i from s_{i-1}, then s_i = GRU([E y_{i-1}; c_i], s_{i-1})
-            context, attn = self.attention(states[-1], keys, values, padding_mask)
-            gates = emb_gates + F.linear(context, feed_weight)
+            if weights.fused_query:
+                hidden_gates, query = hidden_gates.split([3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size], dim=1)
+            else:
+                query = self.attention.query_proj(states[-1])
+            context, attn = self.attention.attend(query, keys, values, mask_bias)
+            input_gates = emb_gates + F.linear(context, weights.feed_weight)
         else:
-            gates = emb_gates + F.linear(feed, feed_weight)
-        new_states = [gru_cell(gates, states[0], first.weight_hh, first.bias_hh)]
+            input_gates = emb_gates + F.linear(feed, weights.feed_weight)
+        new_states = [gru_update(input_gates, hidden_gates, states[0])]
         for layer, state in zip(self.layers[1:], states[1:]):
             below = F.dropout(new_states[-1], p=self.dropout, training=self.training)
             new_states.append(layer(below, state))
@@ -263,7 +300,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         if self.additive:
             return new_states, feed, top, context, attn
         # Luong: attend with s_t, then ~s_t = tanh(W_c [c_t; s_t] + b_c) is both the output and the next feed.
-        context, attn = self.attention(top, keys, values, padding_mask)
+        context, attn = self.attention(top, keys, values, mask_bias)
         attentional = self.attention.attentional_state(context, top)
         return new_states, attentional, attentional, context[:, :0], attn
 
@@ -281,13 +318,14 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         feed: Tensor,
         keys: Tensor,
         values: Tensor,
-        padding_mask: Tensor,
+        mask_bias: Tensor,
     ) -> Tuple[Tensor, Dict[str, List[Tensor]]]:
         """Training with ``--teacher-forcing-ratio < 1``: at each step after the first, feed the reference token
         with that probability and otherwise the model's own greedy prediction (one coin per step for the whole
         batch, from torch's seeded generator, as in the reference notebook)."""
         first = self.layers[0]
-        emb_weight, feed_weight = first.weight_ih[:, : self.embed_dim], first.weight_ih[:, self.embed_dim :]
+        emb_weight = first.weight_ih[:, : self.embed_dim]
+        weights = self._step_weights()
         use_reference = torch.rand(emb.size(1)) < self.teacher_forcing_ratio
         states = list(hidden.unbind(1))
         logits, attns = [], []
@@ -300,9 +338,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                     predicted = logits[-1].argmax(dim=-1)
                     step_emb = F.dropout(self.embed_tokens(predicted), p=self.dropout, training=self.training)
             gates = F.linear(step_emb, emb_weight, first.bias_ih)
-            states, feed, output, context, attn = self._step(
-                gates, feed_weight, states, feed, keys, values, padding_mask
-            )
+            states, feed, output, context, attn = self._step(gates, weights, states, feed, keys, values, mask_bias)
             features = self._features(output.unsqueeze(1), context.unsqueeze(1), step_emb.unsqueeze(1))
             logits.append(self.output_layer(features).squeeze(1))
             attns.append(attn)

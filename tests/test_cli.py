@@ -52,8 +52,9 @@ def test_training_learns_the_reordering_task(data, trained):
 
 
 def test_an_untrained_model_cannot_do_it(data, tmp_path):
+    # one epoch at a negligible learning rate: the weights stay as initialised
     run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
-        "--max-update", "1", "--save-dir", str(tmp_path), *TRAIN)
+        "--max-epoch", "1", "--save-dir", str(tmp_path), *TRAIN, "--lr", "1e-9")
     out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
               str(tmp_path / "checkpoint_last.pt"), "--beam", "5", "--batch-size", "50", "--cpu").stdout
     hyps = hypotheses(out)
@@ -89,7 +90,7 @@ def test_nbest_and_ensemble(data, trained):
 @pytest.mark.parametrize("attention_type", ["dot", "general"])
 def test_luong_attention_trains_and_generates(data, tmp_path, attention_type):
     run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
-        "--attention-type", attention_type, "--max-update", "30", "--save-dir", str(tmp_path), *TRAIN)
+        "--attention-type", attention_type, "--max-epoch", "1", "--save-dir", str(tmp_path), *TRAIN)
     out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
               str(tmp_path / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "50", "--cpu",
               "--print-alignment").stdout
