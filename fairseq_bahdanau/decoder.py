@@ -53,7 +53,7 @@ class StepWeights(NamedTuple):
     hidden gates and the attention query.
     """
 
-    feed_weight: Tensor  # 3H x (C or H): the context / ~s part of the first layer's input weights
+    feed_weight: Tensor  # 3H x H: the ~s_{t-1} part of the first layer's input weights (Luong)
     hidden_weight: Tensor  # 3H (+ A) x H
     hidden_bias: Tensor  # 3H (+ A)
     fused_query: bool
@@ -82,6 +82,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         self.dropout = dropout
         self.embed_dim = embed_dim
         self.hidden_size = hidden_size
+        self.encoder_output_dim = encoder_output_dim
         self.num_layers = num_layers
         self.teacher_forcing_ratio = teacher_forcing_ratio
         self.max_target_positions = max_positions
@@ -183,14 +184,25 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _source_cache(
         self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Batch-first values (B x S x C), attention keys (B x S x A) and padding bias (B x S: 0, or -inf at
-        padding), computed once per sentence and, in incremental decoding, cached for all later steps."""
+        """What depends only on the source, computed once per sentence and, in incremental decoding, cached for
+        all later steps: attention keys (B x S x A), values and the padding bias (B x S: 0, or -inf at padding).
+
+        Values are the annotations ``h_j`` (B x S x C). For additive attention they are extended to
+        ``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context part of the first GRU layer's input
+        weights: since ``W_c c_i = sum_j alpha_ij W_c h_j``, one weighted sum per step then gives both the context
+        ``c_i`` and its contribution to the GRU's input gates, instead of a C x 3H matrix multiply per step.
+        """
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "source")
             if cached is not None:
                 return cached["keys"], cached["values"], cached["mask_bias"]
-        values = encoder_out["encoder_out"][0].transpose(0, 1).contiguous()
+        values = encoder_out["encoder_out"][0].transpose(0, 1)
         keys = self.attention.precompute(values)
+        if self.additive:
+            context_weight = self.layers[0].weight_ih[:, self.embed_dim :]
+            values = torch.cat([values, F.linear(values, context_weight)], dim=2)
+        else:
+            values = values.contiguous()
         mask_bias = padding_bias(encoder_out["encoder_padding_mask"][0], values.dtype)
         if incremental_state is not None:
             self.set_incremental_state(
@@ -288,8 +300,10 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                 hidden_gates, query = hidden_gates.split([3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size], dim=1)
             else:
                 query = self.attention.query_proj(states[-1])
-            context, attn = self.attention.attend(query, keys, values, mask_bias)
-            input_gates = emb_gates + F.linear(context, weights.feed_weight)
+            # values are [h_j; W_c h_j]: the weighted sum gives [c_i; W_c c_i]
+            extended, attn = self.attention.attend(query, keys, values, mask_bias)
+            context, context_gates = extended.split([self.encoder_output_dim, 3 * self.hidden_size], dim=1)
+            input_gates = emb_gates + context_gates
         else:
             input_gates = emb_gates + F.linear(feed, weights.feed_weight)
         new_states = [gru_update(input_gates, hidden_gates, states[0])]

@@ -191,3 +191,14 @@ def test_batching_keeps_every_example():
         batches = data_utils.batch_by_size(indices, lambda i: sizes[i], required_batch_size_multiple=8,
                                            num_tokens_vec=sizes[indices], **kwargs)
         assert np.array_equal(np.concatenate(batches), indices)
+
+
+def test_tutorial_formulation_agrees_with_the_fast_model():
+    """The benchmark's naive baseline computes the same function as the fast model."""
+    model = build_model("bahdanau_gru", encoder_hidden_size=24, decoder_hidden_size=20, encoder_embed_dim=12,
+                        decoder_embed_dim=10)
+    _, src, lengths, prev = batch(model)
+    with torch.no_grad():
+        fast, _ = model(src, lengths, prev)
+        naive = reference.tutorial_forward(model, src, lengths, prev)
+    torch.testing.assert_close(naive, fast, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,212 @@
+"""Speed and memory of bahdanau_gru side by side with fairseq's built-in ``lstm``, in one run, as ratios.
+
+    python examples/benchmark/benchmark.py --data DATA_BIN [--source-lang de --target-lang en]
+
+On the same binarized data and the same batches (batch 128 sentences, the training split's first batches of a
+seeded shuffle), each model is measured in its own subprocess (so that peak memory is its own):
+
+* training: target tokens/s after warm-up (forward, backward, Adam step), model FLOPs per target token counted
+  with ``torch.utils.flop_counter.FlopCounterMode`` on a training step, and the achieved fraction of the
+  machine's fp32 matrix-multiply rate (measured here too, 2048 x 2048 ``torch.mm``); peak resident memory
+  (``ru_maxrss``) and its growth during training over the loaded state;
+* generation: sentences/s with beam 5 and greedy (beam 1), batch 128, on the test split.
+
+Models: ``bahdanau_gru`` (the notebook's configuration), fairseq's ``lstm`` at matched sizes (embeddings 256,
+bidirectional 512 encoder, 512 decoder, out-embed 256) beside ``bahdanau_gru`` with the same bottleneck
+(``--decoder-out-embed-dim 256``) and dropout, and the naive per-step formulation of ``tests/reference.py``
+(``tutorial_forward``: the tutorial's way, attention projections and output layer recomputed in the step loop) on
+the notebook configuration's weights (training only: it has no incremental decoding).
+"""
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+USER_DIR = os.path.join(ROOT, "fairseq_bahdanau")
+
+MODELS: Dict[str, List[str]] = {
+    "bahdanau_gru": ["--arch", "bahdanau_gru"],
+    "naive (tutorial)": ["--arch", "bahdanau_gru"],
+    "lstm (matched)": [
+        "--arch", "lstm", "--encoder-embed-dim", "256", "--encoder-hidden-size", "512", "--encoder-bidirectional",
+        "--decoder-embed-dim", "256", "--decoder-hidden-size", "512", "--decoder-out-embed-dim", "256",
+        "--dropout", "0.3",
+    ],
+    "bahdanau_gru (matched)": ["--arch", "bahdanau_gru", "--decoder-out-embed-dim", "256", "--dropout", "0.3"],
+}
+BASELINE = "lstm (matched)"
+
+logger = logging.getLogger("benchmark")
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
+    """Measure one model in this process."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.sequence_generator import SequenceGenerator
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import reference  # noqa: E402  (the naive formulation)
+
+    torch.manual_seed(1)
+    flags = [args.data, "--user-dir", USER_DIR, "--task", "translation", "--cpu", *MODELS[name]]
+    if args.source_lang:
+        flags += ["--source-lang", args.source_lang, "--target-lang", args.target_lang]
+    cfg = options.parse_args_and_arch(options.get_training_parser(), flags)
+    task = tasks.setup_task(cfg)
+    model = task.build_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    naive = name.startswith("naive")
+    pad = task.target_dictionary.pad()
+
+    def loss_of(sample) -> "torch.Tensor":
+        net = sample["net_input"]
+        if naive:
+            logits = reference.tutorial_forward(model, net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
+        else:
+            logits = model(**net)[0]
+        return torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.size(-1)), sample["target"].view(-1), ignore_index=pad, reduction="sum"
+        )
+
+    task.load_dataset("train")
+    batches = task.get_batch_iterator(
+        task.dataset("train"), max_sentences=args.batch_size, max_positions=model.max_positions(), seed=1,
+        required_batch_size_multiple=1,
+    ).next_epoch_itr(shuffle=True)
+    samples = [next(batches) for _ in range(args.warmup + args.steps)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    with FlopCounterMode(display=False) as counter:
+        loss_of(samples[0]).backward()
+    flops_per_token = counter.get_total_flops() / samples[0]["ntokens"]
+    optimizer.zero_grad()
+
+    loaded = rss_mb()
+    tokens, elapsed = 0, 0.0
+    for i, sample in enumerate(samples):
+        start = time.perf_counter()
+        loss_of(sample).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if i >= args.warmup:
+            elapsed += time.perf_counter() - start
+            tokens += sample["ntokens"]
+    result = {
+        "params": params,
+        "train_tok_s": tokens / elapsed,
+        "flops_per_token": flops_per_token,
+        "peak_rss_mb": rss_mb(),
+        "train_mem_growth_mb": rss_mb() - loaded,
+    }
+
+    if not naive and not args.no_generate:
+        model.eval()
+        task.load_dataset(args.gen_subset)
+        for beam, key in ((5, "beam5_sent_s"), (1, "greedy_sent_s")):
+            generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=1.2, max_len_b=10)
+            itr = task.get_batch_iterator(
+                task.dataset(args.gen_subset), max_sentences=args.batch_size, max_positions=model.max_positions(),
+                required_batch_size_multiple=1,
+            ).next_epoch_itr(shuffle=False)
+            sentences, start = 0, time.perf_counter()
+            with torch.no_grad():
+                for sample in itr:
+                    generator.generate([model], sample)
+                    sentences += sample["nsentences"]
+            result[key] = sentences / (time.perf_counter() - start)
+    return result
+
+
+def table(results: Dict[str, Dict[str, float]], gflops: float) -> str:
+    base = results.get(BASELINE, {})
+
+    def ratio(name: str, key: str) -> str:
+        value, ref = results[name].get(key), base.get(key)
+        return f"{value / ref:.2f}x" if value and ref else "-"
+
+    def fmt(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"fp32 matrix multiply (2048^2 torch.mm, {__import__('torch').get_num_threads()} threads): {gflops:.0f} GFLOP/s",
+        "",
+        "| model | params | train tok/s | vs lstm | MFLOP/tok | % of matmul rate | peak RSS MB | train mem growth MB "
+        "| vs lstm | beam 5 sent/s | vs lstm | greedy sent/s | vs lstm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        achieved = r["flops_per_token"] * r["train_tok_s"] / 1e9 / gflops * 100
+        lines.append(
+            f"| {name} | {r['params'] / 1e6:.1f}M | {r['train_tok_s']:.0f} | {ratio(name, 'train_tok_s')} "
+            f"| {r['flops_per_token'] / 1e6:.1f} | {achieved:.0f}% | {r['peak_rss_mb']:.0f} "
+            f"| {r['train_mem_growth_mb']:.0f} | {ratio(name, 'train_mem_growth_mb')} "
+            f"| {fmt(r.get('beam5_sent_s'), '.1f')} | {ratio(name, 'beam5_sent_s')} "
+            f"| {fmt(r.get('greedy_sent_s'), '.1f')} | {ratio(name, 'greedy_sent_s')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="fairseq-preprocess output directory")
+    parser.add_argument("--source-lang")
+    parser.add_argument("--target-lang")
+    parser.add_argument("--gen-subset", default="test")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--no-generate", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.worker:
+        json.dump(worker(args.worker, args), sys.stdout)
+        return
+
+    gflops = matmul_gflops()
+    results = {}
+    for name in args.models.split(","):
+        logger.info("measuring %s ...", name)
+        command = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:]]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = table(results, gflops)
+    print(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matmul_gflops": gflops, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
