@@ -12,10 +12,22 @@
    ``batch_by_size`` is wrapped so that whatever it left out is appended as a final batch (the lost examples are
    always the tail of ``indices``; the final batch is shorter than the multiple, as fairseq's own tail batch is).
    The wrapper is a no-op where the batching is already complete.
+
+3. Checkpoint writes. fairseq saves a checkpoint atomically (``.tmp`` then rename) but then *copies* it to
+   ``checkpoint_last.pt`` / ``checkpoint_best.pt`` in place, so a kill during the copy leaves a truncated
+   ``checkpoint_last.pt`` and the restarted run cannot resume. Local copies now go to a temporary file that is
+   renamed over the destination (``os.replace``, atomic on POSIX).
+
+4. Checkpoint errors. ``load_checkpoint_to_cpu`` is wrapped so that a truncated or corrupt file, or a file whose
+   unpickling would need a type that is not allow-listed (which may run code), fails with a ``CheckpointError``
+   that names the file and the problem (the original error is chained).
 """
 
 import argparse
 import logging
+import os
+import pickle
+import shutil
 from typing import List
 
 import numpy as np
@@ -52,5 +64,68 @@ def keep_every_example() -> None:
     data_utils.batch_by_size = batch_by_size
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot (or must not) be loaded; the message names the file and the reason."""
+
+
+def atomic_checkpoint_copies() -> None:
+    from fairseq.file_io import PathManager
+
+    original = PathManager.copy
+    if getattr(original, "_atomic", False):
+        return
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if PathManager.path_requires_pathmanager(dst_path):  # remote storage: leave it to iopath
+            return original(src_path, dst_path, overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        tmp_path = dst_path + ".tmp"
+        shutil.copyfile(src_path, tmp_path)
+        os.replace(tmp_path, dst_path)
+        return True
+
+    copy._atomic = True
+    PathManager.copy = staticmethod(copy)
+
+
+def clear_checkpoint_errors() -> None:
+    from fairseq import checkpoint_utils
+
+    original = checkpoint_utils.load_checkpoint_to_cpu
+    if getattr(original, "_clear_errors", False):
+        return
+
+    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+        try:
+            return original(path, arg_overrides, load_on_all_ranks)
+        except pickle.UnpicklingError as e:
+            lines = [line.strip() for line in str(e).splitlines()]
+            blocked = next((line for line in lines if "GLOBAL" in line), None)
+            if blocked is not None:  # a type outside the allow-list: the file would run code or is foreign
+                raise CheckpointError(
+                    f"refused to load checkpoint {path}: unpickling it needs a type that is not allow-listed, "
+                    f"and such a file can run code when loaded ({blocked}). fairseq checkpoints never need it: "
+                    "this file is not one, or it was tampered with."
+                ) from e
+            detail = next((line for line in lines if line.startswith("Unsupported")), lines[0])
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({detail})") from e
+        except (RuntimeError, EOFError, ValueError, KeyError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            text = str(e)
+            if isinstance(e, EOFError) or "zip archive" in text or "corrupted" in text or "invalid load key" in text:
+                raise CheckpointError(
+                    f"checkpoint {path} is truncated or corrupt and cannot be read ({text.splitlines()[0]})"
+                ) from e
+            raise
+
+    load_checkpoint_to_cpu._clear_errors = True
+    load_checkpoint_to_cpu.__doc__ = original.__doc__
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
 allow_fairseq_checkpoints()
 keep_every_example()
+atomic_checkpoint_copies()
+clear_checkpoint_errors()
