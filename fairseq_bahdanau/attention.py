@@ -7,7 +7,9 @@ Two families, one interface. Every module splits its work in two:
 * ``forward(query, keys, values, mask_bias) -> (context, weights)``: the per-step part.
 
 Shapes: ``B`` batch, ``S`` source length, ``C`` annotation size (2 x encoder hidden), ``A`` attention size,
-``Q`` query size (decoder hidden). ``mask_bias`` (B x S) is 0 at real positions and -inf at padding (see
+``Q`` query size (decoder hidden). The source-side tensors (keys, values, mask) may hold one row per *group* of
+``G`` consecutive queries that share a source sentence (beam search: ``G`` = beam size, so the source side is
+neither copied nor reordered per hypothesis); queries then come as ``B*G`` rows, and ``G = 1`` is the plain case. ``mask_bias`` (B x S) is 0 at real positions and -inf at padding (see
 ``padding_bias``), so padded source positions get exactly zero weight.
 """
 
@@ -61,16 +63,18 @@ class AdditiveAttention(nn.Module):
     def attend(
         self, projected_query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor
     ) -> Tuple[Tensor, Tensor]:
-        """The step from an already projected query ``W_a s_{i-1}`` (B x A): the decoder computes it in the same
-        matrix multiply as the GRU's hidden gates. keys B x S x A, values B x S x C -> context B x C,
-        weights B x S."""
-        energies = torch.tanh(keys + projected_query.unsqueeze(1)).matmul(self.v)
-        weights = masked_softmax(energies, mask_bias)
-        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
-        return context, weights
+        """The step from an already projected query ``W_a s_{i-1}`` (B*G x A): the decoder computes it in the
+        same matrix multiply as the GRU's hidden gates. keys B x S x A, values B x S x C, mask_bias B x S ->
+        context B*G x C, weights B*G x S."""
+        groups = keys.size(0)
+        query = projected_query.view(groups, -1, 1, projected_query.size(1))  # B x G x 1 x A
+        energies = torch.tanh(keys.unsqueeze(1) + query).matmul(self.v)  # B x G x S
+        weights = masked_softmax(energies, mask_bias.unsqueeze(1))
+        context = torch.bmm(weights, values)  # B x G x C
+        return context.flatten(0, 1), weights.flatten(0, 1)
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor) -> Tuple[Tensor, Tensor]:
-        """query B x Q, keys B x S x A, values B x S x C -> context B x C, weights B x S."""
+        """query B*G x Q, keys B x S x A, values B x S x C -> context B*G x C, weights B*G x S."""
         return self.attend(self.query_proj(query), keys, values, mask_bias)
 
 
@@ -99,11 +103,11 @@ class LuongAttention(nn.Module):
         return values if self.key_proj is None else self.key_proj(values)
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor) -> Tuple[Tensor, Tensor]:
-        """query B x Q, keys B x S x Q, values B x S x C -> context B x C, weights B x S."""
-        scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
-        weights = masked_softmax(scores, mask_bias)
-        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)
-        return context, weights
+        """query B*G x Q, keys B x S x Q, values B x S x C -> context B*G x C, weights B*G x S."""
+        scores = torch.bmm(query.view(keys.size(0), -1, query.size(1)), keys.transpose(1, 2))  # B x G x S
+        weights = masked_softmax(scores, mask_bias.unsqueeze(1))
+        context = torch.bmm(weights, values)  # B x G x C
+        return context.flatten(0, 1), weights.flatten(0, 1)
 
     def attentional_state(self, context: Tensor, query: Tensor) -> Tensor:
         """``~s_t = tanh(W_c [c_t; s_t] + b_c)``: B x C, B x Q -> B x Q."""

@@ -45,6 +45,10 @@ def gru_update(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Ten
     return candidate + update * (hidden - candidate)
 
 
+def _select(cache: Dict[str, Optional[Tensor]], order: Tensor) -> Dict[str, Optional[Tensor]]:
+    return {k: (None if v is None else v.index_select(0, order)) for k, v in cache.items()}
+
+
 class StepWeights(NamedTuple):
     """Weights of the step function, arranged once per forward call (not per step).
 
@@ -168,13 +172,25 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         return self.output_projection(x)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
-        """Beam search: select and reorder every cached per-sentence tensor along its batch axis."""
-        for key in ("state", "source"):
-            cached = self.get_incremental_state(incremental_state, key)
-            if cached is None:
-                continue
-            reordered = {k: (None if v is None else v.index_select(0, new_order)) for k, v in cached.items()}
-            self.set_incremental_state(incremental_state, key, reordered)
+        """Beam search: select and reorder every cached per-sentence tensor along its batch axis.
+
+        The source-side cache may hold one row per group of hypotheses that share a source sentence (see
+        ``_source_cache``); a reorder that keeps the groups together then selects groups, and any other reorder
+        expands it to one row per hypothesis."""
+        state = self.get_incremental_state(incremental_state, "state")
+        if state is None:
+            return
+        source = self.get_incremental_state(incremental_state, "source")
+        if source is not None:
+            group = state["hidden"].size(0) // source["keys"].size(0)
+            owners = new_order // group  # the source row of every new hypothesis
+            if group > 1 and new_order.numel() % group == 0:
+                grouped = owners.view(-1, group)
+                if torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
+                    owners = grouped[:, 0]
+            if not torch.equal(owners, torch.arange(source["keys"].size(0), device=owners.device)):
+                self.set_incremental_state(incremental_state, "source", _select(source, owners))
+        self.set_incremental_state(incremental_state, "state", _select(state, new_order))
 
     def max_positions(self) -> int:
         return self.max_target_positions
@@ -197,18 +213,33 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             if cached is not None:
                 return cached["keys"], cached["values"], cached["mask_bias"]
         values = encoder_out["encoder_out"][0].transpose(0, 1)
+        padding_mask = encoder_out["encoder_padding_mask"][0]
+        if incremental_state is not None:
+            values, padding_mask = self._one_row_per_source(values, padding_mask)
         keys = self.attention.precompute(values)
         if self.additive:
             context_weight = self.layers[0].weight_ih[:, self.embed_dim :]
             values = torch.cat([values, F.linear(values, context_weight)], dim=2)
         else:
             values = values.contiguous()
-        mask_bias = padding_bias(encoder_out["encoder_padding_mask"][0], values.dtype)
+        mask_bias = padding_bias(padding_mask, values.dtype)
         if incremental_state is not None:
             self.set_incremental_state(
                 incremental_state, "source", {"keys": keys, "values": values, "mask_bias": mask_bias}
             )
         return keys, values, mask_bias
+
+    def _one_row_per_source(self, values: Tensor, padding_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """Beam search hands the decoder ``beam`` identical copies of every sentence's encoder output (fairseq's
+        ``set_beam_size`` tells the beam). Keep one: B*beam x S x C -> B x S x C (and the mask likewise), so
+        that the source side is computed once per sentence and never copied when hypotheses are reordered."""
+        beam = getattr(self, "_beam_size", 1)
+        rows = values.size(0)
+        if beam > 1 and rows % beam == 0:
+            grouped = values.reshape(rows // beam, beam, *values.shape[1:])
+            if torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
+                return grouped[:, 0], padding_mask[::beam]
+        return values, padding_mask
 
     def _initial_state(
         self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]

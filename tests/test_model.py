@@ -202,3 +202,41 @@ def test_tutorial_formulation_agrees_with_the_fast_model():
         fast, _ = model(src, lengths, prev)
         naive = reference.tutorial_forward(model, src, lengths, prev)
     torch.testing.assert_close(naive, fast, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_beam_hypotheses_share_one_source_row_and_reorder_exactly(attention_type):
+    """With fairseq's beam size set, the source cache keeps one row per sentence (not per hypothesis); reorders
+    within sentences (beam search) and arbitrary ones (fallback to one row per hypothesis) stay exact."""
+    model = build_model(attention_type=attention_type)
+    _, src, lengths, prev = batch(model, lengths=(7, 3, 5))
+    beam = 3
+    expand = torch.arange(src.size(0)).repeat_interleave(beam)
+    within = torch.tensor([2, 2, 0, 3, 5, 4, 8, 6, 6])  # hypotheses move only inside their sentence
+    dropped = torch.tensor([3, 4, 4, 8, 7, 6])  # sentence 0 finished
+    anything = torch.tensor([5, 0, 3, 3, 1, 2])  # no beam structure
+    prev = prev[expand]
+    with torch.no_grad():
+        grouped_state, plain_state = {}, {}
+        model.decoder.set_beam_size(beam)
+        encoder_out = model.encoder.reorder_encoder_out(model.encoder(src, lengths), expand)
+        rows = prev.size(0)
+        order = torch.arange(rows)
+        for t, new_order in enumerate([None, within, dropped, anything, None]):
+            if new_order is not None:
+                model.decoder.reorder_incremental_state_scripting(grouped_state, new_order)
+                order = order[new_order]
+            source = model.decoder.get_incremental_state(grouped_state, "source")
+            if t in (1, 2):
+                assert source["keys"].size(0) * beam == order.numel()  # still one row per sentence
+            got, got_extra = model.decoder(prev[order, : t + 1], encoder_out=model.encoder.reorder_encoder_out(
+                encoder_out, order), incremental_state=grouped_state)
+            fresh_state = {}
+            model.decoder.set_beam_size(1)
+            fresh_out = model.encoder.reorder_encoder_out(encoder_out, order)
+            for u in range(t + 1):
+                want, want_extra = model.decoder(prev[order, : u + 1], fresh_out, incremental_state=fresh_state)
+            model.decoder.set_beam_size(beam)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+            torch.testing.assert_close(got_extra["attn"][0], want_extra["attn"][0], atol=1e-6, rtol=0)
+        assert model.decoder.get_incremental_state(grouped_state, "source")["keys"].size(0) == order.numel()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Step 3 of the Multi30k recipe: translate test2016 (or valid) with beam search, detokenize, score with sacreBLEU.
+#
+#   bash examples/multi30k/evaluate.sh tutorial|best|lstm [test|valid]
+#
+# Env: WORK (default runs/multi30k), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
+#      average, default 5 for best, 0 for the others: then checkpoint_best.pt is used).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+WORK="${WORK:-$ROOT/runs/multi30k}"
+CONFIG="${1:?usage: evaluate.sh tutorial|best|lstm [test|valid]}"
+SPLIT="${2:-test}"
+BEAM="${BEAM:-5}"
+LENPEN="${LENPEN:-1.0}"
+SAVE="$WORK/checkpoints/$CONFIG"
+if [ "$CONFIG" = best ]; then AVERAGE="${AVERAGE:-5}"; else AVERAGE="${AVERAGE:-0}"; fi
+REF="$WORK/raw/$([ "$SPLIT" = test ] && echo test2016 || echo valid).en"
+
+CHECKPOINT="$SAVE/checkpoint_best.pt"
+if [ "$AVERAGE" -gt 0 ]; then
+  CHECKPOINT="$SAVE/average$AVERAGE.pt"
+  python "$(python -c 'import fairseq, os; print(os.path.dirname(os.path.dirname(fairseq.__file__)))')/fairseq/../fairseq_cli/../scripts/average_checkpoints.py" \
+    --inputs "$SAVE" --num-epoch-checkpoints "$AVERAGE" --output "$CHECKPOINT" > /dev/null 2>&1 \
+    || python -m fairseq_bahdanau.average_checkpoints "$SAVE" "$AVERAGE" "$CHECKPOINT"
+fi
+
+OUT="$SAVE/$SPLIT.beam$BEAM"
+fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
+  --gen-subset "$SPLIT" --path "$CHECKPOINT" --beam "$BEAM" --lenpen "$LENPEN" --batch-size 128 --cpu \
+  > "$OUT.generate" 2> "$OUT.log"
+grep '^H-' "$OUT.generate" | sed 's/^H-//' | sort -n | cut -f3 > "$OUT.pieces"
+python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
+[ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
+  || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }
+echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "$CHECKPOINT"):"
+echo -n "  cased:      "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2
+echo -n "  lowercased: "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2 -lc
+sacrebleu "$REF" -i "$OUT.detok" -m bleu -w 2 | grep -E '"(score|signature)"'

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Step 2 of the Multi30k recipe: train one configuration on $WORK/data-bin (made by prepare.sh).
+#
+#   bash examples/multi30k/train.sh tutorial|best|lstm
+#
+# tutorial: the reference notebook's model (bahdanau_gru: emb 256, GRU 512, dropout 0.5) and set-up (Adam 1e-3,
+#           batches of 128 sentences, clip 1, 10 epochs, plain cross-entropy).
+# best:     our strongest single model on this 2-core CPU within 90 minutes of training.
+# lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
+#           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
+# Env: WORK (default runs/multi30k), HOURS (training-time budget for best/lstm, default 1.5), THREADS.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+WORK="${WORK:-$ROOT/runs/multi30k}"
+CONFIG="${1:?usage: train.sh tutorial|best|lstm}"
+HOURS="${HOURS:-1.5}"
+SAVE="$WORK/checkpoints/$CONFIG"
+mkdir -p "$SAVE"
+[ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
+
+COMMON=(--task translation --source-lang de --target-lang en --cpu --num-workers 0 --seed 1
+        --log-format simple --log-interval 50 --save-dir "$SAVE" --keep-last-epochs 6)
+case "$CONFIG" in
+  tutorial)
+    ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru
+          --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 10
+          --criterion cross_entropy) ;;
+  best)
+    ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru
+          --dropout 0.3 --decoder-out-embed-dim 256 --share-decoder-input-output-embed
+          --optimizer adam --adam-betas "(0.9, 0.98)" --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 500
+          --clip-norm 1.0 --max-tokens 4096 --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+          --max-epoch 40 --stop-time-hours "$HOURS") ;;
+  lstm)
+    ARGS=(--arch lstm --encoder-embed-dim 256 --encoder-hidden-size 512 --encoder-bidirectional
+          --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 256 --dropout 0.3
+          --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 40 --stop-time-hours "$HOURS"
+          --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
+  *) echo "error: unknown configuration $CONFIG (tutorial, best or lstm)" >&2; exit 1 ;;
+esac
+
+echo "fairseq-train $WORK/data-bin ${COMMON[*]} ${ARGS[*]}"
+start=$(date +%s)
+fairseq-train "$WORK/data-bin" "${COMMON[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE/train.log" \
+  | grep --line-buffered -E "\| (train|valid) \| epoch|done training"
+echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$SAVE/train.log"
