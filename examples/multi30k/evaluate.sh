@@ -20,9 +20,7 @@ REF="$WORK/raw/$([ "$SPLIT" = test ] && echo test2016 || echo valid).en"
 CHECKPOINT="$SAVE/checkpoint_best.pt"
 if [ "$AVERAGE" -gt 0 ]; then
   CHECKPOINT="$SAVE/average$AVERAGE.pt"
-  python "$(python -c 'import fairseq, os; print(os.path.dirname(os.path.dirname(fairseq.__file__)))')/fairseq/../fairseq_cli/../scripts/average_checkpoints.py" \
-    --inputs "$SAVE" --num-epoch-checkpoints "$AVERAGE" --output "$CHECKPOINT" > /dev/null 2>&1 \
-    || python -m fairseq_bahdanau.average_checkpoints "$SAVE" "$AVERAGE" "$CHECKPOINT"
+  python "$HERE/average_checkpoints.py" "$SAVE" "$AVERAGE" "$CHECKPOINT"
 fi
 
 OUT="$SAVE/$SPLIT.beam$BEAM"

@@ -29,7 +29,7 @@ case "$CONFIG" in
     ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru
           --dropout 0.3 --decoder-out-embed-dim 256 --share-decoder-input-output-embed
           --optimizer adam --adam-betas "(0.9, 0.98)" --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates 500
-          --clip-norm 1.0 --max-tokens 4096 --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+          --clip-norm 1.0 --max-tokens 2500 --criterion label_smoothed_cross_entropy --label-smoothing 0.1
           --max-epoch 40 --stop-time-hours "$HOURS") ;;
   lstm)
     ARGS=(--arch lstm --encoder-embed-dim 256 --encoder-hidden-size 512 --encoder-bidirectional
