@@ -9,8 +9,9 @@ Two families, one interface. Every module splits its work in two:
 Shapes: ``B`` batch, ``S`` source length, ``C`` annotation size (2 x encoder hidden), ``A`` attention size,
 ``Q`` query size (decoder hidden). The source-side tensors (keys, values, mask) may hold one row per *group* of
 ``G`` consecutive queries that share a source sentence (beam search: ``G`` = beam size, so the source side is
-neither copied nor reordered per hypothesis); queries then come as ``B*G`` rows, and ``G = 1`` is the plain case. ``mask_bias`` (B x S) is 0 at real positions and -inf at padding (see
-``padding_bias``), so padded source positions get exactly zero weight.
+neither copied nor reordered per hypothesis); queries then come as ``B*G`` rows, and ``G = 1`` is the plain case.
+``mask_bias`` (B x S) is 0 at real positions and -inf at padding (see ``padding_bias``), so padded source
+positions get exactly zero weight.
 """
 
 from typing import Tuple

@@ -25,7 +25,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
 from .attention import build_attention, padding_bias
-from .encoder import EncoderOut
+from .encoder import EncoderOut, build_embedding
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -91,17 +91,17 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         self.teacher_forcing_ratio = teacher_forcing_ratio
         self.max_target_positions = max_positions
         self.output_activation = output_activation
-        padding_idx = dictionary.pad()
 
-        self.embed_tokens = nn.Embedding(len(dictionary), embed_dim, padding_idx=padding_idx)
-        nn.init.uniform_(self.embed_tokens.weight, -0.1, 0.1)
-        nn.init.zeros_(self.embed_tokens.weight[padding_idx])
+        self.embed_tokens = build_embedding(dictionary, embed_dim)
         self.attention = build_attention(attention_type, hidden_size, encoder_output_dim, attention_dim)
         self.additive = attention_type == "additive"
         # What the first layer reads beside the embedding: the context c_i (additive) or ~s_{t-1} (Luong).
         self.feed_dim = encoder_output_dim if self.additive else hidden_size
         self.layers = nn.ModuleList(
-            [nn.GRUCell(embed_dim + self.feed_dim if i == 0 else hidden_size, hidden_size) for i in range(num_layers)]
+            [
+                nn.GRUCell(embed_dim + self.feed_dim if i == 0 else hidden_size, hidden_size)
+                for i in range(num_layers)
+            ]
         )
         # The output layer reads [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong).
         features_dim = hidden_size + encoder_output_dim + embed_dim if self.additive else hidden_size
@@ -114,7 +114,9 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         self.output_projection = nn.Linear(features_dim, len(dictionary))
         if share_input_output_embed:
             if features_dim != embed_dim:
-                raise ValueError("--share-decoder-input-output-embed needs --decoder-out-embed-dim == --decoder-embed-dim")
+                raise ValueError(
+                    "--share-decoder-input-output-embed needs --decoder-out-embed-dim == --decoder-embed-dim"
+                )
             self.output_projection.weight = self.embed_tokens.weight
 
     # ------------------------------------------------------------------ fairseq interface
@@ -294,7 +296,9 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         states = list(hidden.unbind(1))
         outputs, contexts, attns = [], [], []
         for t in range(emb.size(1)):
-            states, feed, output, context, attn = self._step(emb_gates[:, t], weights, states, feed, keys, values, mask_bias)
+            states, feed, output, context, attn = self._step(
+                emb_gates[:, t], weights, states, feed, keys, values, mask_bias
+            )
             outputs.append(output)
             contexts.append(context)
             attns.append(attn)
@@ -328,7 +332,9 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         if self.additive:
             # c_i from s_{i-1}, then s_i = GRU([E y_{i-1}; c_i], s_{i-1})
             if weights.fused_query:
-                hidden_gates, query = hidden_gates.split([3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size], dim=1)
+                hidden_gates, query = hidden_gates.split(
+                    [3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size], dim=1
+                )
             else:
                 query = self.attention.query_proj(states[-1])
             # values are [h_j; W_c h_j]: the weighted sum gives [c_i; W_c c_i]

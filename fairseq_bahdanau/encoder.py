@@ -22,6 +22,14 @@ def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
     return x.gather(0, index.unsqueeze(2).expand_as(x))
 
 
+def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
+    """Token embeddings, uniform in [-0.1, 0.1] as in lstm.py, zero (and never updated) at the padding index."""
+    embedding = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
+    nn.init.uniform_(embedding.weight, -0.1, 0.1)
+    nn.init.zeros_(embedding.weight[dictionary.pad()])
+    return embedding
+
+
 class BiGRUEncoder(FairseqEncoder):
     """Annotations ``h_j = [h->_j; h<-_j]`` from a bidirectional GRU, exact for left- or right-padded batches.
 
@@ -47,9 +55,7 @@ class BiGRUEncoder(FairseqEncoder):
         self.decoder_layers = decoder_layers
         self.decoder_hidden_size = decoder_hidden_size
         self.max_source_positions = max_positions
-        self.embed_tokens = nn.Embedding(len(dictionary), embed_dim, padding_idx=self.padding_idx)
-        nn.init.uniform_(self.embed_tokens.weight, -0.1, 0.1)
-        nn.init.zeros_(self.embed_tokens.weight[self.padding_idx])
+        self.embed_tokens = build_embedding(dictionary, embed_dim)
         self.gru = nn.GRU(
             embed_dim,
             hidden_size,
