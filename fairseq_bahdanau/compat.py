@@ -6,7 +6,7 @@
    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), we allow exactly the types fairseq checkpoints contain. fairseq
    imports ``--user-dir`` before loading any checkpoint, so importing this package is enough.
 
-2. Batching. The compiled ``batch_by_size`` of fairseq-fixed 0.12.3.1 silently drops the last
+2. Batching. ``data_utils.batch_by_size`` of fairseq-fixed 0.12.3.1 silently drops the last
    ``len(indices) % --required-batch-size-multiple`` examples (default multiple: 8), so ``fairseq-generate``
    translates 1,008 of Multi30k's 1,014 validation sentences and training skips a few sentences every epoch.
    ``batch_by_size`` is wrapped so that whatever it left out is appended as a final batch (the lost examples are
@@ -53,6 +53,9 @@ def keep_every_example() -> None:
         return
 
     def batch_by_size(indices, *args, **kwargs) -> List[np.ndarray]:
+        indices = np.asarray(indices if hasattr(indices, "__len__") else list(indices), dtype=np.int64)
+        if len(indices) == 0:
+            return []
         batches = original(indices, *args, **kwargs)
         covered = sum(len(b) for b in batches)
         if covered < len(indices):
@@ -100,20 +103,20 @@ def clear_checkpoint_errors() -> None:
         try:
             return original(path, arg_overrides, load_on_all_ranks)
         except pickle.UnpicklingError as e:
-            lines = [line.strip() for line in str(e).splitlines()]
+            lines = [line.strip() for line in str(e).splitlines()] or [type(e).__name__]
             blocked = next((line for line in lines if "GLOBAL" in line), None)
             if blocked is not None:  # a type outside the allow-list: the file would run code or is foreign
                 raise CheckpointError(
                     f"refused to load checkpoint {path}: unpickling it needs a type that is not allow-listed, "
-                    f"and such a file can run code when loaded ({blocked}). fairseq checkpoints never need it: "
-                    "this file is not one, or it was tampered with."
+                    f"and such a file can run code when loaded ({blocked}). If you trust the file, add that type to "
+                    "fairseq_bahdanau.compat.SAFE_GLOBALS."
                 ) from e
-            detail = next((line for line in lines if line.startswith("Unsupported")), lines[0])
+            detail = next((line for line in lines if line.startswith("Unsupported")), None) or lines[0]
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({detail})") from e
         except (RuntimeError, EOFError, ValueError, KeyError) as e:
             if isinstance(e, CheckpointError):
                 raise
-            text = str(e)
+            text = str(e) or type(e).__name__
             if isinstance(e, EOFError) or "zip archive" in text or "corrupted" in text or "invalid load key" in text:
                 raise CheckpointError(
                     f"checkpoint {path} is truncated or corrupt and cannot be read ({text.splitlines()[0]})"

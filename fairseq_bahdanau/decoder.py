@@ -4,7 +4,7 @@ Additive attention (the paper), for target step i with previous state ``s_{i-1}`
 
     c_i   = sum_j alpha_ij h_j,  alpha_ij = softmax_j(v^T tanh(W s_{i-1} + U h_j))       (eqs. 5-7)
     s_i   = GRU([E y_{i-1}; c_i], s_{i-1})                                                   (eq. 4, A.2.2)
-    t_i   = deep_output([s_i; c_i; E y_{i-1}])  ->  p(y_i | y_<i, x) = softmax(W_o t_i)     (eq. 4, A.2.2)
+    t_i   = deep_output([s_i; c_i; E y_{i-1}])  ->  p(y_i | y_<i, x) = softmax(W_o t_i)     (eq. 4; A.2.2)
 
 Dot / general attention (Luong), with input feeding of the attentional state ``~s``:
 
@@ -147,7 +147,8 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         hidden, feed = self._initial_state(encoder_out, incremental_state)
 
         emb = F.dropout(self.embed_tokens(prev_output_tokens), p=self.dropout, training=self.training)
-        if self.training and self.teacher_forcing_ratio < 1.0 and not features_only:
+        scheduled = self.training and self.teacher_forcing_ratio < 1.0
+        if scheduled and not features_only and incremental_state is None:
             return self._forward_scheduled(emb, hidden, feed, keys, values, mask_bias)
 
         outputs, feeds, attn, hidden, feed = self._run(emb, hidden, feed, keys, values, mask_bias)
@@ -218,12 +219,11 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         padding_mask = encoder_out["encoder_padding_mask"][0]
         if incremental_state is not None:
             values, padding_mask = self._one_row_per_source(values, padding_mask)
+        values = values.contiguous()
         keys = self.attention.precompute(values)
         if self.additive:
             context_weight = self.layers[0].weight_ih[:, self.embed_dim :]
             values = torch.cat([values, F.linear(values, context_weight)], dim=2)
-        else:
-            values = values.contiguous()
         mask_bias = padding_bias(padding_mask, values.dtype)
         if incremental_state is not None:
             self.set_incremental_state(
@@ -258,10 +258,12 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _save_state(self, incremental_state: IncrementalState, hidden: Tensor, feed: Tensor) -> None:
         self.set_incremental_state(incremental_state, "state", {"hidden": hidden, "feed": feed})
 
-    def _step_weights(self) -> StepWeights:
+    def _step_weights(self, steps: int) -> StepWeights:
+        """Arrange the step's weights for ``steps`` steps (fusing costs a weight copy: worth it for many steps,
+        not for the single step of an incremental call)."""
         first = self.layers[0]
         feed_weight = first.weight_ih[:, self.embed_dim :]
-        if self.additive and self.num_layers == 1:
+        if self.additive and self.num_layers == 1 and steps > 1:
             query_proj = self.attention.query_proj.weight
             return StepWeights(
                 feed_weight,
@@ -290,7 +292,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             attention B x T x S, final hidden B x L x H, final feed.
         """
         first = self.layers[0]
-        weights = self._step_weights()
+        weights = self._step_weights(emb.size(1))
         # The embedding part of the first layer's input gates, for every step at once.
         emb_gates = F.linear(emb, first.weight_ih[:, : self.embed_dim], first.bias_ih)  # B x T x 3H
         states = list(hidden.unbind(1))
@@ -376,7 +378,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         batch, from torch's seeded generator, as in the reference notebook)."""
         first = self.layers[0]
         emb_weight = first.weight_ih[:, : self.embed_dim]
-        weights = self._step_weights()
+        weights = self._step_weights(emb.size(1))
         use_reference = torch.rand(emb.size(1)) < self.teacher_forcing_ratio
         states = list(hidden.unbind(1))
         logits, attns = [], []

@@ -61,6 +61,8 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, first checking that they belong to this model and to these dictionaries, so that a
         mismatch fails with a message naming the problem rather than a list of tensor shapes."""
+        self.upgrade_state_dict(state_dict)
+        own = self.state_dict()
         for side, module in (("source", self.encoder), ("target", self.decoder)):
             key = ("encoder" if side == "source" else "decoder") + ".embed_tokens.weight"
             if key in state_dict and state_dict[key].size(0) != len(module.dictionary):
@@ -70,20 +72,19 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
                     "model was trained with"
                 )
         if strict:
-            own = set(self.state_dict())
-            missing, unexpected = sorted(own - set(state_dict)), sorted(set(state_dict) - own)
+            missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
             if missing or unexpected:
                 raise ValueError(
                     "the checkpoint's parameters do not belong to this bahdanau_gru model (another architecture "
                     f"or configuration): {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                     f"(e.g. {unexpected[:3]})"
                 )
-            mismatched = [k for k, v in state_dict.items() if v.shape != self.state_dict()[k].shape]
+            mismatched = [k for k, v in state_dict.items() if v.shape != own[k].shape]
             if mismatched:
                 k = mismatched[0]
                 raise ValueError(
                     f"the checkpoint's parameter sizes do not match this model's configuration: {k} is "
-                    f"{tuple(state_dict[k].shape)} in the checkpoint and {tuple(self.state_dict()[k].shape)} here "
+                    f"{tuple(state_dict[k].shape)} in the checkpoint and {tuple(own[k].shape)} here "
                     f"({len(mismatched)} such parameters)"
                 )
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

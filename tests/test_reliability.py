@@ -142,12 +142,13 @@ def generate(data, checkpoint, check=False):
                "--batch-size", "50", check=check)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random bytes"])
 def test_corrupt_checkpoint_is_named(model, tmp_path, damage):
     data, checkpoint, _ = model
     bad = tmp_path / "bad.pt"
     content = checkpoint.read_bytes()
-    bad.write_bytes(content[: len(content) // 2] if damage == "truncated" else os.urandom(len(content)))
+    damaged = {"empty": b"", "truncated": content[: len(content) // 2], "random bytes": os.urandom(len(content))}
+    bad.write_bytes(damaged[damage])
     proc = generate(data, bad)
     assert proc.returncode != 0
     assert f"CheckpointError: checkpoint {bad} is truncated or corrupt" in proc.stderr
