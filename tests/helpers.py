@@ -59,6 +59,18 @@ def random_sentences(dict_: Dictionary, lengths: Sequence[int], seed: int = 0) -
     return [torch.randint(first, len(dict_), (n - 1,), generator=g).tolist() + [dict_.eos()] for n in lengths]
 
 
+#: fairseq-train flags shared by the tests that train the tiny model on the synthetic corpus
+TRAIN = ["--optimizer", "adam", "--lr", "0.01", "--clip-norm", "1.0", "--max-tokens", "600", "--cpu",
+         "--log-format", "simple", "--log-interval", "50", "--seed", "1", "--num-workers", "0"]
+
+
+def preprocess(raw, dest, *extra: str) -> None:
+    """fairseq-preprocess ``{raw}/{train,valid,test}.{src,tgt}`` (as written by ``synthetic.write_corpus``) into
+    ``dest``."""
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", f"{raw}/train",
+        "--validpref", f"{raw}/valid", "--testpref", f"{raw}/test", "--destdir", str(dest), "--workers", "1", *extra)
+
+
 def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str = None) -> subprocess.CompletedProcess:
     """Run a fairseq console script from this environment; stdout and stderr are captured as text."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

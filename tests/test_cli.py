@@ -7,20 +7,16 @@ import pytest
 import sacrebleu
 
 from fairseq_bahdanau.synthetic import write_corpus
-from helpers import USER_DIR, run
+from helpers import TRAIN, USER_DIR, preprocess, run
 
 EPOCHS = 12
-TRAIN = ["--optimizer", "adam", "--lr", "0.01", "--clip-norm", "1.0", "--max-tokens", "600", "--cpu",
-         "--log-format", "simple", "--log-interval", "50", "--seed", "1", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     write_corpus(str(root / "raw"), train=2000, valid=100, test=100, seed=3)
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", str(root / "raw/train"),
-        "--validpref", str(root / "raw/valid"), "--testpref", str(root / "raw/test"), "--destdir", str(root / "bin"),
-        "--workers", "1")
+    preprocess(root / "raw", root / "bin")
     return root
 
 

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fairseq_bahdanau.synthetic import write_corpus
-from helpers import USER_DIR, build_model, pad_batch, random_sentences, run
+from helpers import USER_DIR, build_model, pad_batch, preprocess, random_sentences, run
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -225,9 +225,7 @@ def test_fairseq_train_is_deterministic_on_cpu(tmp_path):
     import fairseq_bahdanau  # noqa: F401  (allow-lists what fairseq checkpoints need for torch.load)
 
     write_corpus(str(tmp_path / "raw"), train=300, valid=50, test=50)
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref",
-        str(tmp_path / "raw/train"), "--validpref", str(tmp_path / "raw/valid"), "--testpref",
-        str(tmp_path / "raw/test"), "--destdir", str(tmp_path / "bin"), "--workers", "1")
+    preprocess(tmp_path / "raw", tmp_path / "bin")
 
     def train(save_dir):
         # --max-epoch, not a --max-update that stops mid-epoch (fairseq then occasionally aborts at exit)

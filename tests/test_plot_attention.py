@@ -11,11 +11,9 @@ import torch
 
 from fairseq_bahdanau.plot_attention import attention_matrix, load_hub, parse_args
 from fairseq_bahdanau.synthetic import write_corpus
-from helpers import ROOT, USER_DIR, run
+from helpers import ROOT, TRAIN, USER_DIR, preprocess, run
 
 EPOCHS = 6
-TRAIN = ["--optimizer", "adam", "--lr", "0.01", "--clip-norm", "1.0", "--max-tokens", "600", "--cpu",
-         "--log-format", "simple", "--log-interval", "50", "--seed", "1", "--num-workers", "0"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -24,8 +22,7 @@ def trained(tmp_path_factory):
     """(data-bin directory, checkpoint path, test source sentences) of a tiny model trained on the task."""
     root = tmp_path_factory.mktemp("plot_attention")
     write_corpus(str(root / "raw"), train=2000, valid=100, test=20, seed=3)
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", str(root / "raw/train"),
-        "--validpref", str(root / "raw/valid"), "--destdir", str(root / "bin"), "--workers", "1")
+    preprocess(root / "raw", root / "bin")
     run("fairseq-train", str(root / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
         "--max-epoch", str(EPOCHS), "--save-dir", str(root / "tiny"), *TRAIN)
     return root / "bin", root / "tiny/checkpoint_best.pt", (root / "raw/test.src").read_text().splitlines()

@@ -12,15 +12,7 @@ import torch
 
 from fairseq_bahdanau.compat import CheckpointError
 from fairseq_bahdanau.synthetic import Lexicon, write_corpus
-from helpers import BIN, USER_DIR, run
-
-TRAIN = ["--optimizer", "adam", "--lr", "0.01", "--clip-norm", "1.0", "--max-tokens", "600", "--cpu",
-         "--log-format", "simple", "--log-interval", "10", "--seed", "1", "--num-workers", "0"]
-
-
-def preprocess(raw, dest, *extra):
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", f"{raw}/train",
-        "--validpref", f"{raw}/valid", "--testpref", f"{raw}/test", "--destdir", str(dest), "--workers", "1", *extra)
+from helpers import BIN, TRAIN, USER_DIR, preprocess, run
 
 
 @pytest.fixture(scope="module")
