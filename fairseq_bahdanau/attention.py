@@ -14,11 +14,13 @@ neither copied nor reordered per hypothesis); queries then come as ``B*G`` rows,
 positions get exactly zero weight.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import deferred
 
 
 def padding_bias(padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -38,6 +40,29 @@ def masked_softmax(scores: Tensor, mask_bias: Tensor) -> Tensor:
         B x S weights that sum to 1 over the real positions.
     """
     return F.softmax((scores + mask_bias).float(), dim=-1).type_as(scores)
+
+
+class _AdditiveEnergies(torch.autograd.Function):
+    """``e = tanh(keys + query) v`` (eq. 6) that keeps only its inputs for backward and recomputes the tanh there.
+
+    Autograd would keep the B x G x S x A tanh of every step alive until backward (about 5 MB per step at Multi30k
+    sizes, the largest per-step activation of the model); the keys are shared by all steps and the query is
+    B x G x A, so recomputing costs one add and one tanh per step and saves that memory.
+    """
+
+    @staticmethod
+    def forward(ctx, keys: Tensor, query: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(keys, query, v)
+        return torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(v)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        keys, query, v = ctx.saved_tensors
+        hidden = torch.tanh_(keys.unsqueeze(1) + query.unsqueeze(2))  # B x G x S x A, recomputed
+        grad_v = grad.reshape(1, -1).mm(hidden.reshape(-1, hidden.size(-1))).view_as(v)
+        grad_pre = torch.ops.aten.tanh_backward(grad.unsqueeze(-1) * v, hidden)
+        grad_keys = grad_pre.squeeze(1) if grad_pre.size(1) == 1 else grad_pre.sum(1)
+        return grad_keys, grad_pre.sum(2), grad_v
 
 
 class AdditiveAttention(nn.Module):
@@ -62,21 +87,37 @@ class AdditiveAttention(nn.Module):
         return self.key_proj(values)
 
     def attend(
-        self, projected_query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor
+        self,
+        projected_query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        mask_bias: Tensor,
+        values_tape: Optional[deferred.Tape] = None,
     ) -> Tuple[Tensor, Tensor]:
         """The step from an already projected query ``W_a s_{i-1}`` (B*G x A): the decoder computes it in the
         same matrix multiply as the GRU's hidden gates. keys B x S x A, values B x S x C, mask_bias B x S ->
-        context B*G x C, weights B*G x S."""
+        context B*G x C, weights B*G x S. ``values_tape``: from ``deferred.share(values)`` in a teacher-forced
+        forward, so that the values' gradient is formed once for all steps."""
         groups = keys.size(0)
-        query = projected_query.view(groups, -1, 1, projected_query.size(1))  # B x G x 1 x A
-        energies = torch.tanh(keys.unsqueeze(1) + query).matmul(self.v)  # B x G x S
+        query = projected_query.view(groups, -1, projected_query.size(1))  # B x G x A
+        if torch.is_grad_enabled():
+            energies = _AdditiveEnergies.apply(keys, query, self.v)  # B x G x S
+        else:
+            energies = torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(self.v)
         weights = masked_softmax(energies, mask_bias.unsqueeze(1))
-        context = torch.bmm(weights, values)  # B x G x C
+        context = deferred.weighted_sum(weights, values, values_tape)  # B x G x C
         return context.flatten(0, 1), weights.flatten(0, 1)
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        mask_bias: Tensor,
+        values_tape: Optional[deferred.Tape] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """query B*G x Q, keys B x S x A, values B x S x C -> context B*G x C, weights B*G x S."""
-        return self.attend(self.query_proj(query), keys, values, mask_bias)
+        return self.attend(self.query_proj(query), keys, values, mask_bias, values_tape)
 
 
 class LuongAttention(nn.Module):
@@ -103,11 +144,18 @@ class LuongAttention(nn.Module):
         """``W_a h_j`` (general) or ``h_j`` itself (dot), once per sentence: B x S x C -> B x S x Q."""
         return values if self.key_proj is None else self.key_proj(values)
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask_bias: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        mask_bias: Tensor,
+        values_tape: Optional[deferred.Tape] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """query B*G x Q, keys B x S x Q, values B x S x C -> context B*G x C, weights B*G x S."""
         scores = torch.bmm(query.view(keys.size(0), -1, query.size(1)), keys.transpose(1, 2))  # B x G x S
         weights = masked_softmax(scores, mask_bias.unsqueeze(1))
-        context = torch.bmm(weights, values)  # B x G x C
+        context = deferred.weighted_sum(weights, values, values_tape)  # B x G x C
         return context.flatten(0, 1), weights.flatten(0, 1)
 
     def attentional_state(self, context: Tensor, query: Tensor) -> Tensor:

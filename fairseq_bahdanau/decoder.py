@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
+from . import deferred
 from .attention import build_attention, padding_bias
 from .encoder import EncoderOut, build_embedding
 
@@ -50,17 +51,21 @@ def _select(cache: Dict[str, Optional[Tensor]], order: Tensor) -> Dict[str, Opti
 
 
 class StepWeights(NamedTuple):
-    """Weights of the step function, arranged once per forward call (not per step).
+    """What every step reads, arranged once per forward call (not per step).
 
     ``hidden_weight`` is the first layer's ``W_hh``, stacked with the additive attention's query projection ``W_a``
     when both read the same state (one decoder layer), so that one matrix multiply per step gives both the GRU's
-    hidden gates and the attention query.
+    hidden gates and the attention query. The tapes (see ``deferred``) collect the per-step factors of the
+    gradients of the hidden weight, the feed weight and the attention values in a teacher-forced forward.
     """
 
     feed_weight: Tensor  # 3H x H: the ~s_{t-1} part of the first layer's input weights (Luong)
     hidden_weight: Tensor  # 3H (+ A) x H
     hidden_bias: Tensor  # 3H (+ A)
     fused_query: bool
+    feed_tape: Optional[deferred.Tape] = None
+    hidden_tape: Optional[deferred.Tape] = None
+    values_tape: Optional[deferred.Tape] = None
 
 
 class BahdanauGRUDecoder(FairseqIncrementalDecoder):
@@ -258,20 +263,26 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _save_state(self, incremental_state: IncrementalState, hidden: Tensor, feed: Tensor) -> None:
         self.set_incremental_state(incremental_state, "state", {"hidden": hidden, "feed": feed})
 
-    def _step_weights(self, steps: int) -> StepWeights:
+    def _step_weights(self, steps: int, values: Tensor) -> Tuple[StepWeights, Tensor]:
         """Arrange the step's weights for ``steps`` steps (fusing costs a weight copy: worth it for many steps,
-        not for the single step of an incremental call)."""
+        not for the single step of an incremental call). For several steps under autograd, the weights and the
+        attention values (returned, to be read instead of ``values``) are shared through ``deferred`` tapes."""
         first = self.layers[0]
-        feed_weight = first.weight_ih[:, self.embed_dim :]
-        if self.additive and self.num_layers == 1 and steps > 1:
+        feed_weight, hidden_weight, hidden_bias = first.weight_ih[:, self.embed_dim :], first.weight_hh, first.bias_hh
+        fused = self.additive and self.num_layers == 1 and steps > 1
+        if fused:
             query_proj = self.attention.query_proj.weight
-            return StepWeights(
-                feed_weight,
-                torch.cat([first.weight_hh, query_proj], dim=0),
-                torch.cat([first.bias_hh, first.bias_hh.new_zeros(query_proj.size(0))]),
-                fused_query=True,
-            )
-        return StepWeights(feed_weight, first.weight_hh, first.bias_hh, fused_query=False)
+            hidden_weight = torch.cat([hidden_weight, query_proj], dim=0)
+            hidden_bias = torch.cat([hidden_bias, hidden_bias.new_zeros(query_proj.size(0))])
+        if steps == 1:
+            return StepWeights(feed_weight, hidden_weight, hidden_bias, fused), values
+        hidden_weight, hidden_tape = deferred.share(hidden_weight)
+        feed_tape = None
+        if not self.additive:
+            feed_weight, feed_tape = deferred.share(feed_weight)
+        values, values_tape = deferred.share(values)
+        weights = StepWeights(feed_weight, hidden_weight, hidden_bias, fused, feed_tape, hidden_tape, values_tape)
+        return weights, values
 
     def _run(
         self,
@@ -292,14 +303,15 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             attention B x T x S, final hidden B x L x H, final feed.
         """
         first = self.layers[0]
-        weights = self._step_weights(emb.size(1))
+        weights, values = self._step_weights(emb.size(1), values)
         # The embedding part of the first layer's input gates, for every step at once.
         emb_gates = F.linear(emb, first.weight_ih[:, : self.embed_dim], first.bias_ih)  # B x T x 3H
         states = list(hidden.unbind(1))
         outputs, contexts, attns = [], [], []
-        for t in range(emb.size(1)):
+        # unbind, not emb_gates[:, t]: the backward of one indexing per step would zero-fill B x T x 3H each time
+        for step_gates in emb_gates.unbind(1):
             states, feed, output, context, attn = self._step(
-                emb_gates[:, t], weights, states, feed, keys, values, mask_bias
+                step_gates, weights, states, feed, keys, values, mask_bias
             )
             outputs.append(output)
             contexts.append(context)
@@ -330,7 +342,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         Returns:
             new states, new feed, output (s_i or ~s_t, B x H), context (B x C; B x 0 for Luong), attention B x S.
         """
-        hidden_gates = F.linear(states[0], weights.hidden_weight, weights.hidden_bias)
+        hidden_gates = deferred.linear(states[0], weights.hidden_weight, weights.hidden_bias, weights.hidden_tape)
         if self.additive:
             # c_i from s_{i-1}, then s_i = GRU([E y_{i-1}; c_i], s_{i-1})
             if weights.fused_query:
@@ -340,11 +352,11 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             else:
                 query = self.attention.query_proj(states[-1])
             # values are [h_j; W_c h_j]: the weighted sum gives [c_i; W_c c_i]
-            extended, attn = self.attention.attend(query, keys, values, mask_bias)
+            extended, attn = self.attention.attend(query, keys, values, mask_bias, weights.values_tape)
             context, context_gates = extended.split([self.encoder_output_dim, 3 * self.hidden_size], dim=1)
             input_gates = emb_gates + context_gates
         else:
-            input_gates = emb_gates + F.linear(feed, weights.feed_weight)
+            input_gates = emb_gates + deferred.linear(feed, weights.feed_weight, None, weights.feed_tape)
         new_states = [gru_update(input_gates, hidden_gates, states[0])]
         for layer, state in zip(self.layers[1:], states[1:]):
             below = F.dropout(new_states[-1], p=self.dropout, training=self.training)
@@ -353,7 +365,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         if self.additive:
             return new_states, feed, top, context, attn
         # Luong: attend with s_t, then ~s_t = tanh(W_c [c_t; s_t] + b_c) is both the output and the next feed.
-        context, attn = self.attention(top, keys, values, mask_bias)
+        context, attn = self.attention(top, keys, values, mask_bias, weights.values_tape)
         attentional = self.attention.attentional_state(context, top)
         return new_states, attentional, attentional, context[:, :0], attn
 
@@ -378,15 +390,16 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         batch, from torch's seeded generator, as in the reference notebook)."""
         first = self.layers[0]
         emb_weight = first.weight_ih[:, : self.embed_dim]
-        weights = self._step_weights(emb.size(1))
+        weights, values = self._step_weights(emb.size(1), values)
         use_reference = torch.rand(emb.size(1)) < self.teacher_forcing_ratio
         states = list(hidden.unbind(1))
         logits, attns = [], []
-        step_emb = emb[:, 0]
+        steps = emb.unbind(1)
+        step_emb = steps[0]
         for t in range(emb.size(1)):
             if t > 0:
                 if use_reference[t]:
-                    step_emb = emb[:, t]
+                    step_emb = steps[t]
                 else:
                     predicted = logits[-1].argmax(dim=-1)
                     step_emb = F.dropout(self.embed_tokens(predicted), p=self.dropout, training=self.training)

@@ -154,6 +154,27 @@ def test_reference_equations_agree_with_the_fast_model(overrides):
             torch.testing.assert_close(extra["attn"][0][b][:, src[b] != pad], ref_attn, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)
+def test_gradients_agree_with_the_reference(overrides):
+    """Every parameter's gradient, through the fast model's deferred per-step gradients (deferred.py), equals plain
+    autograd through the reference equations; and a second backward over the same graph adds the same again."""
+    model = build_model(**overrides)
+    sentences, src, lengths, prev = batch(model, lengths=(6, 3, 4))
+    probe = torch.randn(len(sentences), prev.size(1), len(model.decoder.dictionary), generator=torch.Generator().manual_seed(3))
+    loss = (model(src, lengths, prev)[0] * probe).sum()
+    loss.backward(retain_graph=True)
+    fast = {name: p.grad.clone() for name, p in model.named_parameters()}
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * fast[name], atol=1e-5, rtol=1e-4, msg=f"second backward: {name}")
+    model.zero_grad()
+    ref_loss = sum((reference.decode(model, s, prev[b].tolist())[0] * probe[b]).sum() for b, s in enumerate(sentences))
+    ref_loss.backward()
+    for name, p in model.named_parameters():
+        ref = p.grad if p.grad is not None else torch.zeros_like(p)
+        torch.testing.assert_close(fast[name], ref, atol=1e-5, rtol=1e-4, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_every_parameter_gets_a_gradient(attention_type):
     for ratio in (1.0, 0.5):

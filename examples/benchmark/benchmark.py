@@ -7,8 +7,10 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
 
 * training: target tokens/s after warm-up (forward, backward, Adam step), model FLOPs per target token counted
   with ``torch.utils.flop_counter.FlopCounterMode`` on a training step, and the achieved fraction of the
-  machine's fp32 matrix-multiply rate (measured here too, 2048 x 2048 ``torch.mm``); peak resident memory
-  (``ru_maxrss``) and its growth during training over the loaded state;
+  machine's fp32 matrix-multiply rate (measured here too, 2048 x 2048 ``torch.mm``); the peak of live tensor
+  memory during one training step (``torch.profiler`` with ``profile_memory``: allocations and frees of every
+  operator, in time order, above what was live before the step: the model's own training memory, free of the
+  process's baseline), and the process's peak resident memory (``ru_maxrss``) with its growth during training;
 * generation: sentences/s with beam 5 and greedy (beam 1), batch 128, on the test split.
 
 Models: ``bahdanau_gru`` (the notebook's configuration), fairseq's ``lstm`` at matched sizes (embeddings 256,
@@ -60,6 +62,27 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_peak_mb(step) -> float:
+    """Peak of live tensor memory (MB) while ``step()`` runs, above what was live before: each operator's own
+    allocations count from its start, its frees from its end (so the figure errs high, never low)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    changes = []
+    for event in prof.events():
+        usage = event.self_cpu_memory_usage
+        if usage > 0:
+            changes.append((event.time_range.start, usage))
+        elif usage < 0:
+            changes.append((event.time_range.end, usage))
+    live = peak = 0
+    for _, usage in sorted(changes, key=lambda change: change[0]):
+        live += usage
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
@@ -117,12 +140,20 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
         if i >= args.warmup:
             elapsed += time.perf_counter() - start
             tokens += sample["ntokens"]
+    peak_rss, growth = rss_mb(), rss_mb() - loaded
+
+    def train_step() -> None:
+        loss_of(samples[args.warmup]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
     result = {
         "params": params,
         "train_tok_s": tokens / elapsed,
         "flops_per_token": flops_per_token,
-        "peak_rss_mb": rss_mb(),
-        "train_mem_growth_mb": rss_mb() - loaded,
+        "step_peak_mb": step_peak_mb(train_step),
+        "peak_rss_mb": peak_rss,
+        "train_mem_growth_mb": growth,
     }
 
     if not naive and not args.no_generate:
@@ -156,16 +187,16 @@ def table(results: Dict[str, Dict[str, float]], gflops: float) -> str:
     lines = [
         f"fp32 matrix multiply (2048^2 torch.mm, {__import__('torch').get_num_threads()} threads): {gflops:.0f} GFLOP/s",
         "",
-        "| model | params | train tok/s | vs lstm | MFLOP/tok | % of matmul rate | peak RSS MB | train mem growth MB "
-        "| vs lstm | beam 5 sent/s | vs lstm | greedy sent/s | vs lstm |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params | train tok/s | vs lstm | MFLOP/tok | % of matmul rate | step peak MB | vs lstm "
+        "| peak RSS MB | train RSS growth MB | beam 5 sent/s | vs lstm | greedy sent/s | vs lstm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         achieved = r["flops_per_token"] * r["train_tok_s"] / 1e9 / gflops * 100
         lines.append(
             f"| {name} | {r['params'] / 1e6:.1f}M | {r['train_tok_s']:.0f} | {ratio(name, 'train_tok_s')} "
-            f"| {r['flops_per_token'] / 1e6:.1f} | {achieved:.0f}% | {r['peak_rss_mb']:.0f} "
-            f"| {r['train_mem_growth_mb']:.0f} | {ratio(name, 'train_mem_growth_mb')} "
+            f"| {r['flops_per_token'] / 1e6:.1f} | {achieved:.0f}% | {r['step_peak_mb']:.0f} "
+            f"| {ratio(name, 'step_peak_mb')} | {r['peak_rss_mb']:.0f} | {r['train_mem_growth_mb']:.0f} "
             f"| {fmt(r.get('beam5_sent_s'), '.1f')} | {ratio(name, 'beam5_sent_s')} "
             f"| {fmt(r.get('greedy_sent_s'), '.1f')} | {ratio(name, 'greedy_sent_s')} |"
         )

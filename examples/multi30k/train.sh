@@ -8,12 +8,13 @@
 # best:     our strongest single model on this 2-core CPU within 90 minutes of training.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
-# Env: WORK (default runs/multi30k), HOURS (training-time budget for best/lstm, default 1.5), THREADS.
+# Env: WORK (default runs/multi30k), HOURS (training-time budget, default 1.5), THREADS (CPU threads, default all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
 CONFIG="${1:?usage: train.sh tutorial|best|lstm}"
 HOURS="${HOURS:-1.5}"
+export OMP_NUM_THREADS="${THREADS:-$(nproc)}"
 SAVE="$WORK/checkpoints/$CONFIG"
 mkdir -p "$SAVE"
 [ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
@@ -34,7 +35,7 @@ case "$CONFIG" in
   lstm)
     ARGS=(--arch lstm --encoder-embed-dim 256 --encoder-hidden-size 512 --encoder-bidirectional
           --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 256 --dropout 0.3
-          --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 40 --stop-time-hours "$HOURS"
+          --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 12 --stop-time-hours "$HOURS"
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
   *) echo "error: unknown configuration $CONFIG (tutorial, best or lstm)" >&2; exit 1 ;;
 esac
