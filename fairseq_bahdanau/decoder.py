@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import deferred
 from .attention import build_attention, padding_bias
-from .encoder import EncoderOut, build_embedding
+from .encoder import EncoderOut, build_embedding, row_copies
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -222,8 +222,11 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                 return cached["keys"], cached["values"], cached["mask_bias"]
         values = encoder_out["encoder_out"][0].transpose(0, 1)
         padding_mask = encoder_out["encoder_padding_mask"][0]
-        if incremental_state is not None:
-            values, padding_mask = self._one_row_per_source(values, padding_mask)
+        copies = row_copies(encoder_out)
+        if incremental_state is not None and copies > 1:
+            # Beam search: keep one row per sentence (B*beam x S x C -> B x S x C), so that the source side is
+            # computed once per sentence and never copied when hypotheses are reordered.
+            values, padding_mask = values[::copies], padding_mask[::copies]
         values = values.contiguous()
         keys = self.attention.precompute(values)
         if self.additive:
@@ -235,18 +238,6 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                 incremental_state, "source", {"keys": keys, "values": values, "mask_bias": mask_bias}
             )
         return keys, values, mask_bias
-
-    def _one_row_per_source(self, values: Tensor, padding_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """Beam search hands the decoder ``beam`` identical copies of every sentence's encoder output (fairseq's
-        ``set_beam_size`` tells the beam). Keep one: B*beam x S x C -> B x S x C (and the mask likewise), so
-        that the source side is computed once per sentence and never copied when hypotheses are reordered."""
-        beam = getattr(self, "_beam_size", 1)
-        rows = values.size(0)
-        if beam > 1 and rows % beam == 0:
-            grouped = values.reshape(rows // beam, beam, *values.shape[1:])
-            if torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
-                return grouped[:, 0], padding_mask[::beam]
-        return values, padding_mask
 
     def _initial_state(
         self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]

@@ -10,6 +10,28 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 EncoderOut = Dict[str, List[Tensor]]
 
+#: encoder_out key: ``[k]`` when every block of k consecutive rows holds copies of one sentence (beam search)
+ROW_COPIES = "row_copies"
+
+
+def row_copies(encoder_out: EncoderOut) -> int:
+    """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence, else 1."""
+    return int(encoder_out.get(ROW_COPIES, [1])[0])
+
+
+def copies_after(new_order: Tensor, copies: int) -> int:
+    """``row_copies`` of a batch reordered by ``new_order`` from one with ``copies``: its blocks stay copies when
+    each new block takes all its rows from one old block, and a run of k repetitions of each row (beam search's
+    first expansion) makes blocks of k copies."""
+    if copies > 1 and new_order.numel() % copies == 0:
+        owners = (new_order // copies).view(-1, copies)
+        if torch.equal(owners, owners[:, :1].expand_as(owners)):
+            return copies
+    runs = torch.unique_consecutive(new_order, return_counts=True)[1]
+    if runs.numel() > 0 and int(runs[0]) > 1 and bool((runs == runs[0]).all()):
+        return int(runs[0])
+    return 1
+
 
 def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate every sentence of a time-major batch along time: ``out[t, b] = x[(t + shift[b]) % T, b]``.
@@ -112,12 +134,28 @@ class BiGRUEncoder(FairseqEncoder):
         }
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
-        """Select and reorder the batch (beam search): every entry, along its batch axis."""
-        return {
+        """Select and reorder the batch (beam search): every entry, along its batch axis.
+
+        Beam search first repeats every sentence ``beam`` times, then reorders the hypotheses at every step,
+        mostly within their sentence. The result records (``row_copies``) which rows are copies of one sentence,
+        so that a reorder that changes nothing but the order of copies returns the same tensors without copying
+        them, and the decoder keeps one source row per sentence (``BahdanauGRUDecoder._source_cache``).
+        """
+        rows = encoder_out["decoder_init"][0].size(0)
+        copies = row_copies(encoder_out)
+        new_copies = copies_after(new_order, copies)
+        if new_order.numel() == rows:
+            blocks = new_order.view(-1, new_copies)[:, 0] // new_copies if new_copies == copies else new_order
+            if torch.equal(blocks, torch.arange(blocks.numel(), device=blocks.device)):
+                return encoder_out  # every row gets itself or a copy of itself
+        reordered = {
             "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
             "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
             "decoder_init": [encoder_out["decoder_init"][0].index_select(0, new_order)],
         }
+        if new_copies > 1:
+            reordered[ROW_COPIES] = [new_copies]
+        return reordered
 
     def max_positions(self) -> int:
         return self.max_source_positions

@@ -53,11 +53,6 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
         )
         return cls(encoder, decoder)
 
-    def set_beam_size(self, beam_size: int) -> None:
-        """Called by fairseq's SequenceGenerator: the decoder then keeps one source-side row per sentence
-        instead of one per hypothesis (an optimisation only: any batch layout stays correct)."""
-        self.decoder.set_beam_size(beam_size)
-
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, first checking that they belong to this model and to these dictionaries, so that a
         mismatch fails with a message naming the problem rather than a list of tensor shapes."""

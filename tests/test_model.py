@@ -227,8 +227,9 @@ def test_tutorial_formulation_agrees_with_the_fast_model():
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_beam_hypotheses_share_one_source_row_and_reorder_exactly(attention_type):
-    """With fairseq's beam size set, the source cache keeps one row per sentence (not per hypothesis); reorders
-    within sentences (beam search) and arbitrary ones (fallback to one row per hypothesis) stay exact."""
+    """After beam search's expansion the source cache keeps one row per sentence (not per hypothesis); reorders
+    within sentences (beam search) and arbitrary ones (fallback to one row per hypothesis) stay exact, compared
+    with decoding from an encoder output that does not know its rows are copies."""
     model = build_model(attention_type=attention_type)
     _, src, lengths, prev = batch(model, lengths=(7, 3, 5))
     beam = 3
@@ -238,9 +239,10 @@ def test_beam_hypotheses_share_one_source_row_and_reorder_exactly(attention_type
     anything = torch.tensor([5, 0, 3, 3, 1, 2])  # no beam structure
     prev = prev[expand]
     with torch.no_grad():
-        grouped_state, plain_state = {}, {}
-        model.decoder.set_beam_size(beam)
+        grouped_state = {}
         encoder_out = model.encoder.reorder_encoder_out(model.encoder(src, lengths), expand)
+        assert encoder_out["row_copies"] == [beam]
+        plain_out = {k: v for k, v in encoder_out.items() if k != "row_copies"}
         rows = prev.size(0)
         order = torch.arange(rows)
         for t, new_order in enumerate([None, within, dropped, anything, None]):
@@ -253,11 +255,33 @@ def test_beam_hypotheses_share_one_source_row_and_reorder_exactly(attention_type
             got, got_extra = model.decoder(prev[order, : t + 1], encoder_out=model.encoder.reorder_encoder_out(
                 encoder_out, order), incremental_state=grouped_state)
             fresh_state = {}
-            model.decoder.set_beam_size(1)
-            fresh_out = model.encoder.reorder_encoder_out(encoder_out, order)
+            fresh_out = model.encoder.reorder_encoder_out(plain_out, order)
+            fresh_out.pop("row_copies", None)
             for u in range(t + 1):
                 want, want_extra = model.decoder(prev[order, : u + 1], fresh_out, incremental_state=fresh_state)
-            model.decoder.set_beam_size(beam)
+            assert model.decoder.get_incremental_state(fresh_state, "source")["keys"].size(0) == order.numel()
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
             torch.testing.assert_close(got_extra["attn"][0], want_extra["attn"][0], atol=1e-6, rtol=0)
         assert model.decoder.get_incremental_state(grouped_state, "source")["keys"].size(0) == order.numel()
+
+
+def test_encoder_reorder_within_sentences_copies_nothing():
+    """Beam search reorders the encoder output every step; a reorder that only moves copies of a sentence
+    among themselves returns the same tensors, any other one selects rows exactly."""
+    model = build_model()
+    _, src, lengths, _ = batch(model, lengths=(7, 3, 5))
+    with torch.no_grad():
+        plain = model.encoder(src, lengths)
+        expanded = model.encoder.reorder_encoder_out(plain, torch.arange(3).repeat_interleave(2))
+        assert expanded["row_copies"] == [2]
+        same = model.encoder.reorder_encoder_out(expanded, torch.tensor([1, 0, 2, 2, 4, 5]))
+        assert same is expanded
+        assert model.encoder.reorder_encoder_out(plain, torch.arange(3)) is plain
+        for order in ([2, 3, 0, 0], [0, 2, 3, 5], [5, 4, 3, 2, 1, 0]):
+            order = torch.tensor(order)
+            got = model.encoder.reorder_encoder_out(expanded, order)
+            for key in ("encoder_out", "encoder_padding_mask", "decoder_init"):
+                axis = 1 if key == "encoder_out" else 0
+                assert torch.equal(got[key][0], expanded[key][0].index_select(axis, order)), key
+        assert model.encoder.reorder_encoder_out(expanded, torch.tensor([2, 3, 0, 0]))["row_copies"] == [2]
+        assert "row_copies" not in model.encoder.reorder_encoder_out(expanded, torch.tensor([0, 2, 3, 5]))
