@@ -51,6 +51,13 @@ class BahdanauGRUConfig(FairseqDataclass):
         default=0, metadata={"help": "hidden size of the additive attention MLP (0: the decoder hidden size)"}
     )
     dropout: float = field(default=0.5, metadata={"help": "dropout probability"})
+    word_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "probability of dropping a whole word in training: its source or target input embedding "
+            "becomes zero and the others are scaled by 1/(1-p) (Gal & Ghahramani 2016); 0: off"
+        },
+    )
     share_decoder_input_output_embed: bool = field(
         default=False,
         metadata={
@@ -107,8 +114,9 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"--decoder-output-activation must be one of {OUTPUT_ACTIVATIONS}, got {activation!r}")
     if activation != "linear" and int(cfg.decoder_out_embed_dim) <= 0:
         raise ValueError(f"--decoder-output-activation {activation} needs --decoder-out-embed-dim > 0")
-    if not 0.0 <= float(cfg.dropout) < 1.0:
-        raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("dropout", "word_dropout"):
+        if not 0.0 <= float(getattr(cfg, name)) < 1.0:
+            raise ValueError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
     if not 0.0 <= float(cfg.teacher_forcing_ratio) <= 1.0:
         raise ValueError(f"--teacher-forcing-ratio must be in [0, 1], got {cfg.teacher_forcing_ratio}")
     if attention == "dot" and int(cfg.decoder_hidden_size) != 2 * int(cfg.encoder_hidden_size):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import deferred
 from .attention import build_attention, padding_bias
-from .encoder import EncoderOut, build_embedding, row_copies
+from .encoder import EncoderOut, build_embedding, drop_words, row_copies
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -86,9 +86,11 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         share_input_output_embed: bool = False,
         teacher_forcing_ratio: float = 1.0,
         max_positions: int = 1024,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__(dictionary)
         self.dropout = dropout
+        self.word_dropout = word_dropout
         self.embed_dim = embed_dim
         self.hidden_size = hidden_size
         self.encoder_output_dim = encoder_output_dim
@@ -151,7 +153,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         keys, values, mask_bias = self._source_cache(encoder_out, incremental_state)
         hidden, feed = self._initial_state(encoder_out, incremental_state)
 
-        emb = F.dropout(self.embed_tokens(prev_output_tokens), p=self.dropout, training=self.training)
+        emb = self._embed(prev_output_tokens)
         scheduled = self.training and self.teacher_forcing_ratio < 1.0
         if scheduled and not features_only and incremental_state is None:
             return self._forward_scheduled(emb, hidden, feed, keys, values, mask_bias)
@@ -360,6 +362,11 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         attentional = self.attention.attentional_state(context, top)
         return new_states, attentional, attentional, context[:, :0], attn
 
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """Input embeddings with word dropout and dropout: B x T -> B x T x E."""
+        emb = drop_words(self.embed_tokens(tokens), self.word_dropout, self.training)
+        return F.dropout(emb, p=self.dropout, training=self.training)
+
     def _features(self, outputs: Tensor, contexts: Tensor, emb: Tensor) -> Tensor:
         """The output layer's input: [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong). B x T x F."""
         outputs = F.dropout(outputs, p=self.dropout, training=self.training)
@@ -393,7 +400,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                     step_emb = steps[t]
                 else:
                     predicted = logits[-1].argmax(dim=-1)
-                    step_emb = F.dropout(self.embed_tokens(predicted), p=self.dropout, training=self.training)
+                    step_emb = self._embed(predicted.unsqueeze(1)).squeeze(1)
             gates = F.linear(step_emb, emb_weight, first.bias_ih)
             states, feed, output, context, attn = self._step(gates, weights, states, feed, keys, values, mask_bias)
             features = self._features(output.unsqueeze(1), context.unsqueeze(1), step_emb.unsqueeze(1))

@@ -52,6 +52,14 @@ def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
     return embedding
 
 
+def drop_words(emb: Tensor, p: float, training: bool) -> Tensor:
+    """Word dropout: in training, zero each token's whole embedding with probability ``p`` and scale the others
+    by ``1 / (1 - p)``. emb: B x T x E -> B x T x E."""
+    if not training or p == 0.0:
+        return emb
+    return emb * F.dropout(emb.new_ones(emb.shape[:-1] + (1,)), p=p, training=True)
+
+
 class BiGRUEncoder(FairseqEncoder):
     """Annotations ``h_j = [h->_j; h<-_j]`` from a bidirectional GRU, exact for left- or right-padded batches.
 
@@ -69,10 +77,12 @@ class BiGRUEncoder(FairseqEncoder):
         decoder_layers: int,
         dropout: float,
         max_positions: int,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__(dictionary)
         self.padding_idx = dictionary.pad()
         self.dropout = dropout
+        self.word_dropout = word_dropout
         self.hidden_size = hidden_size
         self.decoder_layers = decoder_layers
         self.decoder_hidden_size = decoder_hidden_size
@@ -105,7 +115,8 @@ class BiGRUEncoder(FairseqEncoder):
         """
         bsz, src_len = src_tokens.shape
         padding_mask = src_tokens.eq(self.padding_idx)
-        x = F.dropout(self.embed_tokens(src_tokens), p=self.dropout, training=self.training)
+        x = drop_words(self.embed_tokens(src_tokens), self.word_dropout, self.training)
+        x = F.dropout(x, p=self.dropout, training=self.training)
         x = x.transpose(0, 1)  # S x B x E
 
         if padding_mask.any():

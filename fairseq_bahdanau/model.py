@@ -35,6 +35,7 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             decoder_layers=cfg.decoder_layers,
             dropout=cfg.dropout,
             max_positions=cfg.max_source_positions,
+            word_dropout=cfg.word_dropout,
         )
         decoder = BahdanauGRUDecoder(
             task.target_dictionary,
@@ -50,6 +51,7 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             share_input_output_embed=cfg.share_decoder_input_output_embed,
             teacher_forcing_ratio=cfg.teacher_forcing_ratio,
             max_positions=cfg.max_target_positions,
+            word_dropout=cfg.word_dropout,
         )
         return cls(encoder, decoder)
 

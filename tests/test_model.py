@@ -186,6 +186,27 @@ def test_every_parameter_gets_a_gradient(attention_type):
         assert not unused, f"parameters without gradient (ratio {ratio}): {unused}"
 
 
+def test_word_dropout_drops_whole_words_in_training_only():
+    from fairseq_bahdanau.encoder import drop_words
+
+    emb = torch.randn(4, 50, 8)
+    torch.manual_seed(0)
+    out = drop_words(emb, 0.3, training=True)
+    dropped = (out == 0).all(-1)
+    assert 0.15 < dropped.float().mean() < 0.45
+    torch.testing.assert_close(out[~dropped], emb[~dropped] / 0.7)
+    assert drop_words(emb, 0.3, training=False) is emb
+    with_flag, without = build_model(word_dropout=0.4), build_model(word_dropout=0.0)
+    _, src, lengths, prev = batch(with_flag)
+    with torch.no_grad():
+        torch.testing.assert_close(with_flag(src, lengths, prev)[0], without(src, lengths, prev)[0], atol=0, rtol=0)
+        with_flag.train(), without.train()
+        torch.manual_seed(1)
+        noisy = with_flag(src, lengths, prev)[0]
+        torch.manual_seed(1)
+        assert not torch.allclose(noisy, without(src, lengths, prev)[0])
+
+
 def test_teacher_forcing_ratio_feeds_predictions():
     """With ratio 0 the model's own greedy predictions are fed: step t's logits equal those of a teacher-forced
     run on the greedy prefix; with ratio 1 training uses the reference tokens (the fast path)."""
