@@ -47,7 +47,8 @@ class _AdditiveEnergies(torch.autograd.Function):
 
     Autograd would keep the B x G x S x A tanh of every step alive until backward (about 5 MB per step at Multi30k
     sizes, the largest per-step activation of the model); the keys are shared by all steps and the query is
-    B x G x A, so recomputing costs one add and one tanh per step and saves that memory.
+    B x G x A, so recomputing costs one add and one tanh per step and saves that memory. (Not used under
+    autocast, whose casts this backward does not repeat.)
     """
 
     @staticmethod
@@ -100,7 +101,7 @@ class AdditiveAttention(nn.Module):
         forward, so that the values' gradient is formed once for all steps."""
         groups = keys.size(0)
         query = projected_query.view(groups, -1, projected_query.size(1))  # B x G x A
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not deferred.autocast_enabled():
             energies = _AdditiveEnergies.apply(keys, query, self.v)  # B x G x S
         else:
             energies = torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(self.v)

@@ -14,7 +14,9 @@ every step, as one (batched) matrix product over all steps:
 Autograd itself orders this: ``share`` puts a gathering node between the tensor and all of its per-step readers,
 and the engine runs a node only after every node that uses its output. The record (a ``Tape``) is made fresh by
 each forward call and emptied by the gathering node, so no state is kept on modules and a second backward
-(``retain_graph``) is exact too. Outside autograd (``torch.no_grad``, generation) the plain operations run.
+(``retain_graph``) is exact too. Outside autograd (``torch.no_grad``, generation) and under mixed precision
+(``torch.autocast``, fairseq's ``--amp``), whose casts these hand-written backwards do not repeat, the plain
+operations run.
 """
 
 from typing import List, Optional, Tuple
@@ -100,10 +102,18 @@ class _Linear(Function):
         return grad_x, None, grad_bias, None
 
 
+def autocast_enabled() -> bool:
+    """Whether ``torch.autocast`` is on for CUDA or CPU."""
+    try:
+        return torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 def share(tensor: Tensor) -> Tuple[Tensor, Optional[Tape]]:
     """Prepare ``tensor`` to be read at every step: returns the tensor to read and its tape (None when no
-    gradient is being recorded, and then the plain operations run)."""
-    if not (torch.is_grad_enabled() and tensor.requires_grad):
+    gradient is being recorded or autocast is on, and then the plain operations run)."""
+    if not (torch.is_grad_enabled() and tensor.requires_grad) or autocast_enabled():
         return tensor, None
     tape = Tape()
     return _Gather.apply(tensor, tape), tape

@@ -176,6 +176,25 @@ def test_gradients_agree_with_the_reference(overrides):
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_mixed_precision_training_step(attention_type):
+    """Under autocast (fairseq's --amp; bfloat16 on CPU here) a training step runs and its gradients stay close
+    to the float32 ones."""
+    model = build_model(attention_type=attention_type)
+    _, src, lengths, prev = batch(model)
+    model(src, lengths, prev)[0].logsumexp(-1).sum().backward()
+    full = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, lengths, prev)[0]
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        scale = full[name].abs().max().clamp(min=1e-3)
+        assert (p.grad - full[name]).abs().max() / scale < 0.1, name
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_every_parameter_gets_a_gradient(attention_type):
     for ratio in (1.0, 0.5):
         model = build_model(attention_type=attention_type, decoder_layers=2, teacher_forcing_ratio=ratio).train()

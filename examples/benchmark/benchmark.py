@@ -6,7 +6,8 @@ On the same binarized data and the same batches (batch 128 sentences, the traini
 seeded shuffle), each model is measured in its own subprocess (so that peak memory is its own):
 
 * training: target tokens/s after warm-up (forward, backward, Adam step), model FLOPs per target token counted
-  with ``torch.utils.flop_counter.FlopCounterMode`` on a training step, and the achieved fraction of the
+  with ``torch.utils.flop_counter.FlopCounterMode`` on a training step (with oneDNN off while counting: its fused
+  LSTM kernel, which fairseq's ``lstm`` runs on CPU, hides its matrix multiplies from the counter), and the achieved fraction of the
   machine's fp32 matrix-multiply rate (measured here too, 2048 x 2048 ``torch.mm``); the peak of live tensor
   memory during one training step (``torch.profiler`` with ``profile_memory``: allocations and frees of every
   operator, in time order, above what was live before the step: the model's own training memory, free of the
@@ -125,7 +126,9 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
-    with FlopCounterMode(display=False) as counter:
+    # oneDNN's fused LSTM kernel (what fairseq's lstm runs on CPU) is invisible to FlopCounterMode: count with it
+    # off, so that every model's matrix multiplies are seen (the count is the model's, not the kernel's).
+    with FlopCounterMode(display=False) as counter, torch.backends.mkldnn.flags(enabled=False):
         loss_of(samples[0]).backward()
     flops_per_token = counter.get_total_flops() / samples[0]["ntokens"]
     optimizer.zero_grad()
