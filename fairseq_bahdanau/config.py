@@ -54,8 +54,9 @@ class BahdanauGRUConfig(FairseqDataclass):
     word_dropout: float = field(
         default=0.0,
         metadata={
-            "help": "probability of dropping a whole word in training: its source or target input embedding "
-            "becomes zero and the others are scaled by 1/(1-p) (Gal & Ghahramani 2016); 0: off"
+            "help": "probability of dropping a whole token in training: its source or target input embedding "
+            "becomes zero and the others are scaled by 1/(1-p) (token-level word dropout; Gal & Ghahramani 2016 "
+            "drop word types); 0: off"
         },
     )
     share_decoder_input_output_embed: bool = field(

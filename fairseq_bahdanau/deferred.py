@@ -64,6 +64,17 @@ class _Gather(Function):
         return (total if grad is None else total + grad), None
 
 
+def _record(ctx, left: Tensor, right: Tensor) -> None:
+    """Put a step's factors on the tape, unless this backward pass will not run the gathering node (a backward
+    asked only for other inputs' gradients), so that no stale factors reach a later pass."""
+    if _will_execute is None or _will_execute(ctx.gather_node):
+        ctx.tape.left.append(left)
+        ctx.tape.right.append(right)
+
+
+_will_execute = getattr(torch._C, "_will_engine_execute_node", None)
+
+
 class _WeightedSum(Function):
     """``bmm(weights, values)`` whose gradient for ``values`` goes to the tape."""
 
@@ -71,13 +82,13 @@ class _WeightedSum(Function):
     def forward(ctx, weights: Tensor, values: Tensor, tape: Tape) -> Tensor:
         ctx.save_for_backward(weights, values)
         ctx.tape = tape
+        ctx.gather_node = values.grad_fn
         return torch.bmm(weights, values)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         weights, values = ctx.saved_tensors
-        ctx.tape.left.append(weights)
-        ctx.tape.right.append(grad)
+        _record(ctx, weights, grad)
         grad_weights = torch.bmm(grad, values.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         return grad_weights, None, None
 
@@ -89,25 +100,25 @@ class _Linear(Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], tape: Tape) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.tape = tape
+        ctx.gather_node = weight.grad_fn
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        ctx.tape.left.append(grad)
-        ctx.tape.right.append(x)
+        _record(ctx, grad, x)
         grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, None, grad_bias, None
 
 
 def autocast_enabled() -> bool:
-    """Whether ``torch.autocast`` is on for CUDA or CPU."""
-    try:
-        return torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    """Whether ``torch.autocast`` is on for any device."""
+    any_enabled = getattr(torch._C, "_is_any_autocast_enabled", None)
+    if any_enabled is not None:
+        return bool(any_enabled())
+    return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()  # older torch: CUDA and CPU
 
 
 def share(tensor: Tensor) -> Tuple[Tensor, Optional[Tape]]:

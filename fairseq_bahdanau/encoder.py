@@ -53,8 +53,9 @@ def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
 
 
 def drop_words(emb: Tensor, p: float, training: bool) -> Tensor:
-    """Word dropout: in training, zero each token's whole embedding with probability ``p`` and scale the others
-    by ``1 / (1 - p)``. emb: B x T x E -> B x T x E."""
+    """Token-level word dropout: in training, zero each token's whole embedding with probability ``p`` and scale
+    the others by ``1 / (1 - p)`` (every occurrence independently, end-of-sentence tokens included).
+    emb: B x T x E -> B x T x E."""
     if not training or p == 0.0:
         return emb
     return emb * F.dropout(emb.new_ones(emb.shape[:-1] + (1,)), p=p, training=True)

@@ -176,6 +176,22 @@ def test_gradients_agree_with_the_reference(overrides):
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_partial_backward_leaves_no_stale_deferred_gradients(attention_type):
+    """A backward that asks only for some inputs' gradients (autograd.grad, retain_graph) goes through the step
+    loop without forming the deferred gradients; a full backward afterwards must not count those steps twice."""
+    model = build_model(attention_type=attention_type)
+    _, src, lengths, prev = batch(model)
+    model(src, lengths, prev)[0].logsumexp(-1).sum().backward()
+    want = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    loss = model(src, lengths, prev)[0].logsumexp(-1).sum()
+    torch.autograd.grad(loss, [model.decoder.embed_tokens.weight], retain_graph=True)
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_mixed_precision_training_step(attention_type):
     """Under autocast (fairseq's --amp; bfloat16 on CPU here) a training step runs and its gradients stay close
     to the float32 ones."""

@@ -67,7 +67,8 @@ def rss_mb() -> float:
 
 def step_peak_mb(step) -> float:
     """Peak of live tensor memory (MB) while ``step()`` runs, above what was live before: each operator's own
-    allocations count from its start, its frees from its end (so the figure errs high, never low)."""
+    allocations count from its start, its frees from its end (so the figure errs high; a temporary made and freed
+    inside one operator's own code is not seen)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -146,7 +147,7 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     peak_rss, growth = rss_mb(), rss_mb() - loaded
 
     def train_step() -> None:
-        loss_of(samples[args.warmup]).backward()
+        loss_of(samples[-1]).backward()
         optimizer.step()
         optimizer.zero_grad()
 
