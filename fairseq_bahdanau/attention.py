@@ -42,6 +42,16 @@ def masked_softmax(scores: Tensor, mask_bias: Tensor) -> Tensor:
     return F.softmax((scores + mask_bias).float(), dim=-1).type_as(scores)
 
 
+def weigh(
+    scores: Tensor, values: Tensor, mask_bias: Tensor, values_tape: Optional[deferred.Tape]
+) -> Tuple[Tensor, Tensor]:
+    """The step's common tail: scores B x G x S -> context B*G x C (weighted sum of values B x S x C) and weights
+    B*G x S."""
+    weights = masked_softmax(scores, mask_bias.unsqueeze(1))
+    context = deferred.weighted_sum(weights, values, values_tape)  # B x G x C
+    return context.flatten(0, 1), weights.flatten(0, 1)
+
+
 class _AdditiveEnergies(torch.autograd.Function):
     """``e = tanh(keys + query) v`` (eq. 6) that keeps only its inputs for backward and recomputes the tanh there.
 
@@ -101,13 +111,11 @@ class AdditiveAttention(nn.Module):
         forward, so that the values' gradient is formed once for all steps."""
         groups = keys.size(0)
         query = projected_query.view(groups, -1, projected_query.size(1))  # B x G x A
-        if torch.is_grad_enabled() and not deferred.autocast_enabled():
+        if deferred.recording():
             energies = _AdditiveEnergies.apply(keys, query, self.v)  # B x G x S
         else:
             energies = torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(self.v)
-        weights = masked_softmax(energies, mask_bias.unsqueeze(1))
-        context = deferred.weighted_sum(weights, values, values_tape)  # B x G x C
-        return context.flatten(0, 1), weights.flatten(0, 1)
+        return weigh(energies, values, mask_bias, values_tape)
 
     def forward(
         self,
@@ -155,9 +163,7 @@ class LuongAttention(nn.Module):
     ) -> Tuple[Tensor, Tensor]:
         """query B*G x Q, keys B x S x Q, values B x S x C -> context B*G x C, weights B*G x S."""
         scores = torch.bmm(query.view(keys.size(0), -1, query.size(1)), keys.transpose(1, 2))  # B x G x S
-        weights = masked_softmax(scores, mask_bias.unsqueeze(1))
-        context = deferred.weighted_sum(weights, values, values_tape)  # B x G x C
-        return context.flatten(0, 1), weights.flatten(0, 1)
+        return weigh(scores, values, mask_bias, values_tape)
 
     def attentional_state(self, context: Tensor, query: Tensor) -> Tensor:
         """``~s_t = tanh(W_c [c_t; s_t] + b_c)``: B x C, B x Q -> B x Q."""

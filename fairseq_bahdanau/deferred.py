@@ -121,10 +121,15 @@ def autocast_enabled() -> bool:
     return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()  # older torch: CUDA and CPU
 
 
+def recording() -> bool:
+    """Whether the hand-written backwards apply: autograd is recording and autocast is off."""
+    return torch.is_grad_enabled() and not autocast_enabled()
+
+
 def share(tensor: Tensor) -> Tuple[Tensor, Optional[Tape]]:
     """Prepare ``tensor`` to be read at every step: returns the tensor to read and its tape (None when no
     gradient is being recorded or autocast is on, and then the plain operations run)."""
-    if not (torch.is_grad_enabled() and tensor.requires_grad) or autocast_enabled():
+    if not (recording() and tensor.requires_grad):
         return tensor, None
     tape = Tape()
     return _Gather.apply(tensor, tape), tape
