@@ -59,6 +59,13 @@ class BahdanauGRUConfig(FairseqDataclass):
             "drop word types); 0: off"
         },
     )
+    init_range: float = field(
+        default=0.0,
+        metadata={
+            "help": "r > 0: initialise every parameter but the embeddings uniformly in [-r, r], as fairseq's lstm "
+            "does with 0.1 (it learns faster here than PyTorch's default initialisation); 0: PyTorch's default"
+        },
+    )
     share_decoder_input_output_embed: bool = field(
         default=False,
         metadata={
@@ -115,6 +122,8 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"--decoder-output-activation must be one of {OUTPUT_ACTIVATIONS}, got {activation!r}")
     if activation != "linear" and int(cfg.decoder_out_embed_dim) <= 0:
         raise ValueError(f"--decoder-output-activation {activation} needs --decoder-out-embed-dim > 0")
+    if float(cfg.init_range) < 0.0:
+        raise ValueError(f"--init-range must be >= 0, got {cfg.init_range}")
     for name in ("dropout", "word_dropout"):
         if not 0.0 <= float(getattr(cfg, name)) < 1.0:
             raise ValueError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")

@@ -3,12 +3,22 @@
 import logging
 
 from fairseq.models import FairseqEncoderDecoderModel, register_model
+from torch import nn
 
 from .config import BahdanauGRUConfig, validate
 from .decoder import BahdanauGRUDecoder
 from .encoder import BiGRUEncoder
 
 logger = logging.getLogger(__name__)
+
+
+def reinitialise(model: nn.Module, init_range: float) -> None:
+    """Draw every parameter except the token embeddings (uniform in [-0.1, 0.1] already, zero at padding)
+    uniformly from [-init_range, init_range], in ``named_parameters`` order (a tied output projection is the
+    target embedding and is left alone too)."""
+    for name, param in model.named_parameters():
+        if "embed_tokens" not in name:
+            nn.init.uniform_(param, -init_range, init_range)
 
 
 @register_model("bahdanau_gru", dataclass=BahdanauGRUConfig)
@@ -53,7 +63,10 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             max_positions=cfg.max_target_positions,
             word_dropout=cfg.word_dropout,
         )
-        return cls(encoder, decoder)
+        model = cls(encoder, decoder)
+        if float(cfg.init_range) > 0.0:
+            reinitialise(model, float(cfg.init_range))
+        return model
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, first checking that they belong to this model and to these dictionaries, so that a

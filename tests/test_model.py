@@ -242,6 +242,16 @@ def test_word_dropout_drops_whole_words_in_training_only():
         assert not torch.allclose(noisy, without(src, lengths, prev)[0])
 
 
+def test_init_range_draws_every_parameter_but_the_embeddings():
+    default, uniform = build_model(), build_model(init_range=0.3)
+    for (name, p), (_, q) in zip(default.named_parameters(), uniform.named_parameters()):
+        if "embed_tokens" in name:
+            torch.testing.assert_close(p, q, atol=0, rtol=0)  # built identically, then left alone
+        else:
+            assert q.abs().max() <= 0.3 and q.abs().max() > 0.2, name  # 0.3 > any default bound here
+    assert (uniform.decoder.embed_tokens.weight[uniform.decoder.dictionary.pad()] == 0).all()
+
+
 def test_teacher_forcing_ratio_feeds_predictions():
     """With ratio 0 the model's own greedy predictions are fed: step t's logits equal those of a teacher-forced
     run on the greedy prefix; with ratio 1 training uses the reference tokens (the fast path)."""

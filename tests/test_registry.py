@@ -59,6 +59,7 @@ def test_unknown_attention_type_is_refused_by_the_parser(capsys):
         ({"decoder_layers": 0}, "--decoder-layers"),
         ({"teacher_forcing_ratio": 1.5}, "--teacher-forcing-ratio"),
         ({"word_dropout": 1.0}, "--word-dropout"),
+        ({"init_range": -0.1}, "--init-range"),
         ({"teacher_forcing_ratio": -0.1}, "--teacher-forcing-ratio"),
         ({"dropout": 1.0}, "--dropout"),
         ({"share_decoder_input_output_embed": True}, "--share-decoder-input-output-embed"),
