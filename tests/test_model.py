@@ -242,6 +242,20 @@ def test_word_dropout_drops_whole_words_in_training_only():
         assert not torch.allclose(noisy, without(src, lengths, prev)[0])
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_padded_and_packed_encoder_runs_agree(layers):
+    """The CPU path (each direction on the padded batch) and the GPU path (packed sequences) give the same
+    annotations, zero at padding, and the same final states (in eval mode: dropout between layers draws its
+    masks over differently shaped tensors)."""
+    encoder = build_model(encoder_layers=layers).encoder
+    x = torch.randn(9, 6, encoder.embed_tokens.embedding_dim)
+    lengths = torch.tensor([9, 4, 1, 7, 9, 2])
+    padded, packed = encoder._padded_gru(x, lengths), encoder._packed_gru(x, lengths)
+    for a, b in zip(padded, packed):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert (padded[0][4:, 1] == 0).all()
+
+
 def test_init_range_draws_every_parameter_but_the_embeddings():
     default, uniform = build_model(), build_model(init_range=0.3)
     for (name, p), (_, q) in zip(default.named_parameters(), uniform.named_parameters()):
