@@ -13,6 +13,9 @@ EncoderOut = Dict[str, List[Tensor]]
 #: encoder_out key: ``[k]`` when every block of k consecutive rows holds copies of one sentence (beam search)
 ROW_COPIES = "row_copies"
 
+#: one GRU layer's parameter names in ``nn.GRU`` (suffixed ``_l{layer}`` and, for the backward direction, ``_reverse``)
+_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
 
 def row_copies(encoder_out: EncoderOut) -> int:
     """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence, else 1."""
@@ -41,9 +44,6 @@ def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
     """
     steps = x.size(0)
     return _gather_time(x, (torch.arange(steps, device=x.device).unsqueeze(1) + shift.unsqueeze(0)) % steps)
-
-
-_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
@@ -163,7 +163,8 @@ class BiGRUEncoder(FairseqEncoder):
         """
         steps, bsz = x.shape[:2]
         time = torch.arange(steps, device=x.device).unsqueeze(1)  # S x 1
-        reverse = torch.where(time < lengths, lengths - 1 - time, time)  # S x B, its own inverse
+        valid = time < lengths  # S x B
+        reverse = torch.where(valid, lengths - 1 - time, time)  # S x B, its own inverse
         last = (lengths - 1).view(1, bsz, 1).expand(1, bsz, self.hidden_size)
         h0 = x.new_zeros(1, bsz, self.hidden_size)
         finals = []
@@ -177,8 +178,7 @@ class BiGRUEncoder(FairseqEncoder):
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
             x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
-        padding = (time >= lengths).unsqueeze(2)  # S x B x 1
-        return x.masked_fill(padding, 0.0), torch.stack(finals)
+        return x.masked_fill(~valid.unsqueeze(2), 0.0), torch.stack(finals)
 
     def _packed_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """The same through ``pack_padded_sequence``: on GPUs, where cuDNN runs packed batches well and one

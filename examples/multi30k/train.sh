@@ -10,7 +10,8 @@
 #           label smoothing 0.1, Adam 1e-3 halved whenever valid loss stops improving, batches of 128 sentences.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
-# Env: WORK (default runs/multi30k), HOURS (training-time budget, default 1.45: fairseq checks it between updates), THREADS (CPU threads, default all).
+# Env: WORK (default runs/multi30k), HOURS (training-time budget, default 1.45: fairseq checks it between
+#      updates), THREADS (CPU threads, default all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
