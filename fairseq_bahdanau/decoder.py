@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from . import deferred
 from .attention import build_attention, padding_bias
-from .encoder import EncoderOut, build_embedding, drop_words, row_copies
+from .dropout import drop_words, dropout
+from .encoder import EncoderOut, build_embedding, row_copies
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -178,7 +179,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                 x = x.view(*x.shape[:-1], -1, 2).amax(dim=-1)
             elif self.output_activation == "tanh":
                 x = torch.tanh(x)
-            x = F.dropout(x, p=self.dropout, training=self.training)
+            x = dropout(x, self.dropout, self.training)
         return self.output_projection(x)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
@@ -352,7 +353,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             input_gates = emb_gates + deferred.linear(feed, weights.feed_weight, None, weights.feed_tape)
         new_states = [gru_update(input_gates, hidden_gates, states[0])]
         for layer, state in zip(self.layers[1:], states[1:]):
-            below = F.dropout(new_states[-1], p=self.dropout, training=self.training)
+            below = dropout(new_states[-1], self.dropout, self.training)
             new_states.append(layer(below, state))
         top = new_states[-1]
         if self.additive:
@@ -365,11 +366,11 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings with word dropout and dropout: B x T -> B x T x E."""
         emb = drop_words(self.embed_tokens(tokens), self.word_dropout, self.training)
-        return F.dropout(emb, p=self.dropout, training=self.training)
+        return dropout(emb, self.dropout, self.training)
 
     def _features(self, outputs: Tensor, contexts: Tensor, emb: Tensor) -> Tensor:
         """The output layer's input: [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong). B x T x F."""
-        outputs = F.dropout(outputs, p=self.dropout, training=self.training)
+        outputs = dropout(outputs, self.dropout, self.training)
         if self.additive:
             return torch.cat([outputs, contexts, emb], dim=-1)
         return outputs

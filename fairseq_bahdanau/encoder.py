@@ -3,10 +3,11 @@
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .dropout import drop_words, dropout
 
 EncoderOut = Dict[str, List[Tensor]]
 
@@ -57,15 +58,6 @@ def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
     nn.init.uniform_(embedding.weight, -0.1, 0.1)
     nn.init.zeros_(embedding.weight[dictionary.pad()])
     return embedding
-
-
-def drop_words(emb: Tensor, p: float, training: bool) -> Tensor:
-    """Token-level word dropout: in training, zero each token's whole embedding with probability ``p`` and scale
-    the others by ``1 / (1 - p)`` (every occurrence independently, end-of-sentence tokens included).
-    emb: B x T x E -> B x T x E."""
-    if not training or p == 0.0:
-        return emb
-    return emb * F.dropout(emb.new_ones(emb.shape[:-1] + (1,)), p=p, training=True)
 
 
 class BiGRUEncoder(FairseqEncoder):
@@ -124,7 +116,7 @@ class BiGRUEncoder(FairseqEncoder):
         bsz, src_len = src_tokens.shape
         padding_mask = src_tokens.eq(self.padding_idx)
         x = drop_words(self.embed_tokens(src_tokens), self.word_dropout, self.training)
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = dropout(x, self.dropout, self.training)
         x = x.transpose(0, 1)  # S x B x E
 
         if padding_mask.any():
@@ -143,7 +135,7 @@ class BiGRUEncoder(FairseqEncoder):
         # backward state (which ends at the first token).
         top = torch.cat([final[-2], final[-1]], dim=1)
         init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
-        out = F.dropout(out, p=self.dropout, training=self.training)
+        out = dropout(out, self.dropout, self.training)
         return {
             "encoder_out": [out],
             "encoder_padding_mask": [padding_mask],
@@ -170,7 +162,7 @@ class BiGRUEncoder(FairseqEncoder):
         finals = []
         for layer in range(self.gru.num_layers):
             if layer > 0:
-                x = F.dropout(x, p=self.gru.dropout, training=self.training)  # as nn.GRU between layers
+                x = dropout(x, self.gru.dropout, self.training)  # as nn.GRU between layers
             directions = []
             for suffix, inputs in (("", x), ("_reverse", _gather_time(x, reverse))):
                 weights = [getattr(self.gru, f"{name}_l{layer}{suffix}") for name in _GRU_PARAMS]

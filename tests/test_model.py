@@ -222,7 +222,7 @@ def test_every_parameter_gets_a_gradient(attention_type):
 
 
 def test_word_dropout_drops_whole_words_in_training_only():
-    from fairseq_bahdanau.encoder import drop_words
+    from fairseq_bahdanau.dropout import drop_words
 
     emb = torch.randn(4, 50, 8)
     torch.manual_seed(0)
@@ -365,3 +365,18 @@ def test_encoder_reorder_within_sentences_copies_nothing():
                 assert torch.equal(got[key][0], expanded[key][0].index_select(axis, order)), key
         assert model.encoder.reorder_encoder_out(expanded, torch.tensor([2, 3, 0, 0]))["row_copies"] == [2]
         assert "row_copies" not in model.encoder.reorder_encoder_out(expanded, torch.tensor([0, 2, 3, 5]))
+
+
+def test_dropout_zeroes_with_probability_p_scales_the_rest_and_routes_gradients():
+    from fairseq_bahdanau.dropout import dropout
+
+    x = torch.randn(64, 100, 32, requires_grad=True)
+    torch.manual_seed(0)
+    out = dropout(x, 0.3, training=True)
+    kept = out != 0
+    assert 0.69 < kept.float().mean() < 0.71
+    torch.testing.assert_close(out[kept], x[kept] / 0.7)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert (dropout(x, 1.0, training=True) == 0).all()
