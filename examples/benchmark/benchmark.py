@@ -5,7 +5,9 @@
 On the same binarized data and the same batches (batch 128 sentences, the training split's first batches of a
 seeded shuffle), each model is measured in its own subprocess (so that peak memory is its own):
 
-* training: target tokens/s after warm-up (forward, backward, Adam step), model FLOPs per target token counted
+* training: target tokens/s after warm-up (forward, backward, Adam step), measured in ``--rounds`` rounds that
+  run every model once each (this machine's speed drifts from minute to minute: the table gives the median
+  tokens/s and, for the ratio to lstm, the median of the rounds' paired ratios), model FLOPs per target token counted
   with ``torch.utils.flop_counter.FlopCounterMode`` on a training step (with oneDNN off while counting: its fused
   LSTM kernel, which fairseq's ``lstm`` runs on CPU, hides its matrix multiplies from the counter), and the achieved fraction of the
   machine's fp32 matrix-multiply rate (measured here too, 2048 x 2048 ``torch.mm``); the peak of live tensor
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -127,12 +130,13 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
-    # oneDNN's fused LSTM kernel (what fairseq's lstm runs on CPU) is invisible to FlopCounterMode: count with it
-    # off, so that every model's matrix multiplies are seen (the count is the model's, not the kernel's).
-    with FlopCounterMode(display=False) as counter, torch.backends.mkldnn.flags(enabled=False):
-        loss_of(samples[0]).backward()
-    flops_per_token = counter.get_total_flops() / samples[0]["ntokens"]
-    optimizer.zero_grad()
+    if not args.throughput_only:
+        # oneDNN's fused LSTM kernel (what fairseq's lstm runs on CPU) is invisible to FlopCounterMode: count with
+        # it off, so that every model's matrix multiplies are seen (the count is the model's, not the kernel's).
+        with FlopCounterMode(display=False) as counter, torch.backends.mkldnn.flags(enabled=False):
+            loss_of(samples[0]).backward()
+        flops_per_token = counter.get_total_flops() / samples[0]["ntokens"]
+        optimizer.zero_grad()
 
     loaded = rss_mb()
     tokens, elapsed = 0, 0.0
@@ -145,6 +149,8 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
             elapsed += time.perf_counter() - start
             tokens += sample["ntokens"]
     peak_rss, growth = rss_mb(), rss_mb() - loaded
+    if args.throughput_only:
+        return {"train_tok_s": tokens / elapsed}
 
     def train_step() -> None:
         loss_of(samples[-1]).backward()
@@ -182,6 +188,8 @@ def table(results: Dict[str, Dict[str, float]], gflops: float) -> str:
     base = results.get(BASELINE, {})
 
     def ratio(name: str, key: str) -> str:
+        if key == "train_tok_s" and "train_ratio" in results[name]:
+            return f"{results[name]['train_ratio']:.2f}x"
         value, ref = results[name].get(key), base.get(key)
         return f"{value / ref:.2f}x" if value and ref else "-"
 
@@ -218,8 +226,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
     parser.add_argument("--no-generate", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="measure training speed this many times, every model once per round; report the medians of the "
+        "tokens/s and of each round's ratio to lstm (this machine's speed drifts between minutes)",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--throughput-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -228,15 +242,30 @@ def main() -> None:
         return
 
     gflops = matmul_gflops()
-    results = {}
-    for name in args.models.split(","):
-        logger.info("measuring %s ...", name)
-        command = [sys.executable, __file__, "--worker", name] + [a for a in sys.argv[1:]]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = args.models.split(",")
+    results: Dict[str, Dict[str, float]] = {}
+    rounds: Dict[str, List[float]] = {name: [] for name in names}
+    for round_ in range(max(1, args.rounds)):
+        for name in names:
+            logger.info("round %d: measuring %s ...", round_ + 1, name)
+            extra = ["--throughput-only"] if round_ > 0 else []
+            command = [sys.executable, __file__, "--worker", name, *extra, *sys.argv[1:]]
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            measured = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.setdefault(name, measured)
+            rounds[name].append(measured["train_tok_s"])
+    for name in names:
+        results[name]["train_tok_s"] = statistics.median(rounds[name])
+        if BASELINE in rounds:
+            paired = [mine / base for mine, base in zip(rounds[name], rounds[BASELINE])]
+            results[name]["train_ratio"] = statistics.median(paired)
+        results[name]["train_tok_s_rounds"] = rounds[name]
     report = table(results, gflops)
+    report += "\n\ntraining tokens/s in each round: " + "; ".join(
+        f"{name} {', '.join(f'{v:.0f}' for v in rounds[name])}" for name in names
+    )
     print(report)
     if args.json:
         with open(args.json, "w") as f:
