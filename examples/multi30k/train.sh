@@ -19,6 +19,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
 CONFIG="${1:?usage: train.sh tutorial|best|best-decay|lstm}"
 HOURS="${HOURS:-1.45}"
+UPDATES="${UPDATES:-4300}"
 export OMP_NUM_THREADS="${THREADS:-$(nproc)}"
 SAVE="$WORK/checkpoints/$CONFIG"
 mkdir -p "$SAVE"
@@ -40,7 +41,7 @@ case "$CONFIG" in
       ARGS+=(--lr 1e-3 --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.5 --lr-patience 0)
     else  # linear decay to 0 over UPDATES (4300: what fit in 77 minutes here)
       ARGS+=(--lr 1.5e-3 --lr-scheduler polynomial_decay --warmup-updates 300 --power 1 --end-learning-rate 0
-             --total-num-update "${UPDATES:-4300}" --max-update "${UPDATES:-4300}")
+             --total-num-update "$UPDATES" --max-update "$UPDATES")
     fi ;;
   lstm)
     ARGS=(--arch lstm --encoder-embed-dim 256 --encoder-hidden-size 512 --encoder-bidirectional
