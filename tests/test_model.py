@@ -245,15 +245,30 @@ def test_word_dropout_drops_whole_words_in_training_only():
 @pytest.mark.parametrize("layers", [1, 2])
 def test_padded_and_packed_encoder_runs_agree(layers):
     """The CPU path (each direction on the padded batch) and the GPU path (packed sequences) give the same
-    annotations, zero at padding, and the same final states (in eval mode: dropout between layers draws its
-    masks over differently shaped tensors)."""
+    annotations, zero at padding, the same final states and the same gradients (in eval mode: dropout between
+    layers draws its masks over differently shaped tensors); with no padding, the CPU path equals nn.GRU on the
+    whole batch."""
     encoder = build_model(encoder_layers=layers).encoder
-    x = torch.randn(9, 6, encoder.embed_tokens.embedding_dim)
+    x = torch.randn(9, 6, encoder.embed_tokens.embedding_dim, requires_grad=True)
     lengths = torch.tensor([9, 4, 1, 7, 9, 2])
-    padded, packed = encoder._padded_gru(x, lengths), encoder._packed_gru(x, lengths)
-    for a, b in zip(padded, packed):
+    probe = [torch.randn(9, 6, 2 * encoder.hidden_size), torch.randn(2 * layers, 6, encoder.hidden_size)]
+    runs, grads = [], []
+    for run in (encoder._padded_gru, encoder._packed_gru):
+        with torch.enable_grad():
+            out = run(x, lengths)
+            sum((o * p).sum() for o, p in zip(out, probe)).backward()
+        runs.append(out)
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in encoder.gru.parameters()])
+        x.grad = None
+        encoder.zero_grad()
+    for a, b in zip(*runs):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert (padded[0][4:, 1] == 0).all()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert (runs[0][0][4:, 1] == 0).all()
+    full = torch.full((6,), 9)
+    for a, b in zip(encoder._padded_gru(x, full), encoder.gru(x)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_init_range_draws_every_parameter_but_the_embeddings():

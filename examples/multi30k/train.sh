@@ -7,7 +7,7 @@
 #           batches of 128 sentences, clip 1, 10 epochs, plain cross-entropy).
 # best:     our strongest single model on this 2-core CPU within 90 minutes of training: the paper's additive
 #           attention, tied 256-dim output embedding, fairseq-lstm initialisation, dropout 0.3 + word dropout 0.1,
-#           label smoothing 0.1, Adam 1e-3 halved whenever valid loss stops improving, batches of 128 sentences.
+#           label smoothing 0.1, Adam 2e-3 halved whenever valid loss stops improving, batches of 128 sentences.
 # best-decay: best with a linear learning-rate decay (1.5e-3 after 300 warm-up updates, to 0 at update UPDATES)
 #           in place of halving on plateaus: the same quality in our run, from its final checkpoint.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
@@ -38,7 +38,7 @@ case "$CONFIG" in
           --optimizer adam --clip-norm 1.0 --batch-size 128
           --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-epoch 40 --stop-time-hours "$HOURS")
     if [ "$CONFIG" = best ]; then
-      ARGS+=(--lr 1e-3 --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.5 --lr-patience 0)
+      ARGS+=(--lr 2e-3 --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.5 --lr-patience 0)
     else  # linear decay to 0 over UPDATES (4300: what fit in 77 minutes here)
       ARGS+=(--lr 1.5e-3 --lr-scheduler polynomial_decay --warmup-updates 300 --power 1 --end-learning-rate 0
              --total-num-update "$UPDATES" --max-update "$UPDATES")
