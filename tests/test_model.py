@@ -254,9 +254,8 @@ def test_padded_and_packed_encoder_runs_agree(layers):
     probe = [torch.randn(9, 6, 2 * encoder.hidden_size), torch.randn(2 * layers, 6, encoder.hidden_size)]
     runs, grads = [], []
     for run in (encoder._padded_gru, encoder._packed_gru):
-        with torch.enable_grad():
-            out = run(x, lengths)
-            sum((o * p).sum() for o, p in zip(out, probe)).backward()
+        out = run(x, lengths)
+        sum((o * p).sum() for o, p in zip(out, probe)).backward()
         runs.append(out)
         grads.append([x.grad.clone()] + [p.grad.clone() for p in encoder.gru.parameters()])
         x.grad = None
