@@ -5,12 +5,16 @@
 #   bash examples/multi30k/prepare.sh                                           # download from multi30k/dataset
 #
 # Env: MULTI30K_DIR (raw train/valid/test2016 .de/.en; default: download), WORK (default runs/multi30k),
-#      VOCAB (joint sentencepiece vocabulary, default 8000).
-# Writes $WORK/raw, $WORK/spm.model, $WORK/pieces, $WORK/data-bin.
+#      VOCAB (joint sentencepiece vocabulary, default 8000), SAMPLES (sampled segmentations of the training
+#      split for subword regularization, default 20; 0: none).
+# Writes $WORK/raw, $WORK/spm.model, $WORK/pieces, $WORK/data-bin, and $WORK/data-bin-sampled/1..SAMPLES: the
+# training split only, each with its own segmentation drawn from the 64 best (Kudo 2018; spm.py sample), binarized
+# with data-bin's dictionary. train.sh best trains on data-bin in epoch 1 and on sample k in epoch k + 1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
 VOCAB="${VOCAB:-8000}"
+SAMPLES="${SAMPLES:-20}"
 URL="https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$WORK/raw" "$WORK/pieces"
@@ -57,4 +61,21 @@ fairseq-preprocess --source-lang de --target-lang en --joined-dictionary \
   --destdir "$WORK/data-bin" --workers 2 > "$WORK/preprocess.log" 2>&1 \
   || { tail -20 "$WORK/preprocess.log" >&2; exit 1; }
 grep -E "\] (train|valid|test)" "$WORK/preprocess.log" | sed 's/^.*INFO:fairseq_cli.preprocess:/  /' || true
+
+echo "== $SAMPLES sampled segmentations of the training split -> $WORK/data-bin-sampled"
+rm -rf "$WORK/data-bin-sampled"
+for k in $(seq 1 "$SAMPLES"); do
+  for side in 0:de 1:en; do  # a seed per sample and side: the same samples on every run
+    lang="${side#*:}"
+    python "$HERE/spm.py" sample "$WORK/spm.model" "$(( 2 * k + ${side%%:*} ))" \
+      < "$WORK/raw/train.$lang" > "$WORK/pieces/train.sampled.$lang"
+  done
+  fairseq-preprocess --source-lang de --target-lang en --srcdict "$WORK/data-bin/dict.de.txt" \
+    --tgtdict "$WORK/data-bin/dict.en.txt" --trainpref "$WORK/pieces/train.sampled" \
+    --destdir "$WORK/data-bin-sampled/$k" --workers 2 > "$WORK/preprocess.sampled.log" 2>&1 \
+    || { tail -20 "$WORK/preprocess.sampled.log" >&2; exit 1; }
+done
+rm -f "$WORK/pieces/train.sampled."{de,en}
+[ "$SAMPLES" -eq 0 ] || grep -E "\] train" "$WORK/preprocess.sampled.log" \
+  | sed "s/^.*INFO:fairseq_cli.preprocess:/  sample $SAMPLES: /" || true
 echo "done: $WORK/data-bin"

@@ -8,6 +8,8 @@
 # best:     our strongest single model on this 2-core CPU within 90 minutes of training: the paper's additive
 #           attention, tied 256-dim output embedding, fairseq-lstm initialisation, dropout 0.3 + word dropout 0.1,
 #           label smoothing 0.1, Adam 2e-3 halved whenever valid loss stops improving, batches of 128 sentences.
+# best-sr:  best with subword regularization: epoch k + 1 trains on prepare.sh's k-th sampled segmentation of
+#           the training split (Kudo 2018: from the 64 best, alpha 0.1); epoch 1 and validation use the usual one.
 # best-decay: best with a linear learning-rate decay (1.5e-3 after 300 warm-up updates, to 0 at update UPDATES)
 #           in place of halving on plateaus: the same quality in our run, from its final checkpoint.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
@@ -17,13 +19,19 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: train.sh tutorial|best|best-decay|lstm}"
+CONFIG="${1:?usage: train.sh tutorial|best|best-sr|best-decay|lstm}"
 HOURS="${HOURS:-1.45}"
 UPDATES="${UPDATES:-4300}"
 export OMP_NUM_THREADS="${THREADS:-$(nproc)}"
 SAVE="$WORK/checkpoints/$CONFIG"
 mkdir -p "$SAVE"
 [ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
+DATA="$WORK/data-bin"
+if [ "$CONFIG" = best-sr ]; then  # fairseq reads epoch e's training data from shard (e - 1) mod (number of shards)
+  SAMPLED=$(ls "$WORK/data-bin-sampled" 2>/dev/null | sort -n | sed "s|^|$WORK/data-bin-sampled/|" | paste -sd:)
+  [ -n "$SAMPLED" ] || { echo "error: $WORK/data-bin-sampled is missing: run prepare.sh with SAMPLES > 0" >&2; exit 1; }
+  DATA="$DATA:$SAMPLED"
+fi
 
 COMMON=(--task translation --source-lang de --target-lang en --cpu --num-workers 0 --seed 1
         --log-format simple --log-interval 50 --save-dir "$SAVE" --keep-last-epochs 6)
@@ -32,12 +40,12 @@ case "$CONFIG" in
     ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru
           --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 10
           --criterion cross_entropy) ;;
-  best|best-decay)
+  best|best-sr|best-decay)
     ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru --init-range 0.1
           --dropout 0.3 --word-dropout 0.1 --decoder-out-embed-dim 256 --share-decoder-input-output-embed
           --optimizer adam --clip-norm 1.0 --batch-size 128
           --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-epoch 40 --stop-time-hours "$HOURS")
-    if [ "$CONFIG" = best ]; then
+    if [ "$CONFIG" != best-decay ]; then
       ARGS+=(--lr 2e-3 --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.5 --lr-patience 0)
     else  # linear decay to 0 over UPDATES (4300: what fit in 77 minutes here)
       ARGS+=(--lr 1.5e-3 --lr-scheduler polynomial_decay --warmup-updates 300 --power 1 --end-learning-rate 0
@@ -48,11 +56,11 @@ case "$CONFIG" in
           --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 256 --dropout 0.3
           --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 12 --stop-time-hours "$HOURS"
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
-  *) echo "error: unknown configuration $CONFIG (tutorial, best, best-decay or lstm)" >&2; exit 1 ;;
+  *) echo "error: unknown configuration $CONFIG (tutorial, best, best-sr, best-decay or lstm)" >&2; exit 1 ;;
 esac
 
-echo "fairseq-train $WORK/data-bin ${COMMON[*]} ${ARGS[*]}"
+echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]}"
 start=$(date +%s)
-fairseq-train "$WORK/data-bin" "${COMMON[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE/train.log" \
+fairseq-train "$DATA" "${COMMON[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE/train.log" \
   | grep --line-buffered -E "\| (train|valid) \| epoch|done training"
 echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$SAVE/train.log"
