@@ -60,7 +60,7 @@ fairseq-preprocess --source-lang de --target-lang en --joined-dictionary \
   --trainpref "$WORK/pieces/train" --validpref "$WORK/pieces/valid" --testpref "$WORK/pieces/test2016" \
   --destdir "$WORK/data-bin" --workers 2 > "$WORK/preprocess.log" 2>&1 \
   || { tail -20 "$WORK/preprocess.log" >&2; exit 1; }
-grep -E "\] (train|valid|test)" "$WORK/preprocess.log" | sed 's/^.*INFO:fairseq_cli.preprocess:/  /' || true
+grep -E "replaced" "$WORK/preprocess.log" | sed 's/^.*INFO:fairseq_cli.preprocess:/  /' || true
 
 echo "== $SAMPLES sampled segmentations of the training split -> $WORK/data-bin-sampled"
 rm -rf "$WORK/data-bin-sampled"
@@ -76,6 +76,6 @@ for k in $(seq 1 "$SAMPLES"); do
     || { tail -20 "$WORK/preprocess.sampled.log" >&2; exit 1; }
 done
 rm -f "$WORK/pieces/train.sampled."{de,en}
-[ "$SAMPLES" -eq 0 ] || grep -E "\] train" "$WORK/preprocess.sampled.log" \
+[ "$SAMPLES" -eq 0 ] || grep -E "replaced" "$WORK/preprocess.sampled.log" \
   | sed "s/^.*INFO:fairseq_cli.preprocess:/  sample $SAMPLES: /" || true
 echo "done: $WORK/data-bin"

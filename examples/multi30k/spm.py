@@ -20,6 +20,8 @@ import sentencepiece as spm
 
 def main() -> None:
     command, model = sys.argv[1], sys.argv[2]
+    if command not in ("train", "encode", "sample", "decode"):
+        raise SystemExit(f"unknown command {command!r}: use train, encode, sample or decode")
     if command == "train":
         vocab_size, files = int(sys.argv[3]), sys.argv[4:]
         spm.SentencePieceTrainer.train(
@@ -30,18 +32,14 @@ def main() -> None:
         return
     processor = spm.SentencePieceProcessor(model_file=model)
     if command == "sample":
-        seed, nbest, alpha = int(sys.argv[3]), int(sys.argv[4] if len(sys.argv) > 4 else 64), \
-            float(sys.argv[5] if len(sys.argv) > 5 else 0.1)
-        sample(processor, random.Random(seed), nbest, alpha)
+        nbest, alpha = (int(sys.argv[4]), float(sys.argv[5])) if len(sys.argv) > 4 else (64, 0.1)
+        sample(processor, random.Random(int(sys.argv[3])), nbest, alpha)
         return
     for line in sys.stdin:
         if command == "encode":
             sys.stdout.write(" ".join(processor.encode(line.rstrip("\n"), out_type=str)) + "\n")
-        elif command == "decode":
-            sys.stdout.write(processor.decode(line.split()) + "\n")
         else:
-            raise SystemExit(f"unknown command {command!r}: use train, encode, sample or decode")
-
+            sys.stdout.write(processor.decode(line.split()) + "\n")
 
 
 def sample(processor: spm.SentencePieceProcessor, rng: random.Random, nbest: int, alpha: float) -> None:
