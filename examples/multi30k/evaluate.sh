@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 3 of the Multi30k recipe: translate test2016 (or valid) with beam search, detokenize, score with sacreBLEU.
 #
-#   bash examples/multi30k/evaluate.sh tutorial|best|lstm [test|valid]
+#   bash examples/multi30k/evaluate.sh tutorial|best|best-sr|best-decay|lstm [test|valid]
 #
 # Env: WORK (default runs/multi30k), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
 #      average, default 5 for best and best-sr, 0 for the others: then checkpoint_best.pt is used).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 2 of the Multi30k recipe: train one configuration on $WORK/data-bin (made by prepare.sh).
 #
-#   bash examples/multi30k/train.sh tutorial|best|best-decay|lstm
+#   bash examples/multi30k/train.sh tutorial|best|best-sr|best-decay|lstm
 #
 # tutorial: the reference notebook's model (bahdanau_gru: emb 256, GRU 512, dropout 0.5) and set-up (Adam 1e-3,
 #           batches of 128 sentences, clip 1, 10 epochs, plain cross-entropy).
