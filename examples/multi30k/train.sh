@@ -28,8 +28,9 @@ mkdir -p "$SAVE"
 [ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
 DATA="$WORK/data-bin"
 if [ "$CONFIG" = best-sr ]; then  # fairseq reads epoch e's training data from shard (e - 1) mod (number of shards)
-  SAMPLED=$(ls "$WORK/data-bin-sampled" 2>/dev/null | sort -n | sed "s|^|$WORK/data-bin-sampled/|" | paste -sd:)
-  [ -n "$SAMPLED" ] || { echo "error: $WORK/data-bin-sampled is missing: run prepare.sh with SAMPLES > 0" >&2; exit 1; }
+  [ -d "$WORK/data-bin-sampled/1" ] \
+    || { echo "error: $WORK/data-bin-sampled is missing: run prepare.sh with SAMPLES > 0" >&2; exit 1; }
+  SAMPLED=$(ls "$WORK/data-bin-sampled" | sort -n | sed "s|^|$WORK/data-bin-sampled/|" | paste -sd:)
   DATA="$DATA:$SAMPLED"
 fi
 
