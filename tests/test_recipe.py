@@ -2,21 +2,18 @@
 subword regularization are true segmentations of each line, vary, and are the same for the same seed."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from fairseq_bahdanau.synthetic import write_corpus
-from helpers import ROOT
+from helpers import ROOT, run
 
 SPM = os.path.join(ROOT, "examples", "multi30k", "spm.py")
 
 
 def spm(*args: str, stdin: str) -> str:
-    proc = subprocess.run([sys.executable, SPM, *args], input=stdin, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+    """stdout of ``python spm.py ARGS < stdin``."""
+    return run("python", SPM, *args, stdin=stdin).stdout
 
 
 @pytest.fixture(scope="module")

@@ -63,19 +63,21 @@ fairseq-preprocess --source-lang de --target-lang en --joined-dictionary \
 grep -E "replaced" "$WORK/preprocess.log" | sed 's/^.*INFO:fairseq_cli.preprocess:/  /' || true
 
 rm -rf "$WORK/data-bin-sampled"
-[ "$SAMPLES" -eq 0 ] || echo "== $SAMPLES sampled segmentations of the training split -> $WORK/data-bin-sampled"
-for k in $(seq 1 "$SAMPLES"); do
-  for side in 0:de 1:en; do  # a seed per sample and side: the same samples on every run
-    lang="${side#*:}"
-    python "$HERE/spm.py" sample "$WORK/spm.model" "$(( 2 * k + ${side%%:*} ))" \
-      < "$WORK/raw/train.$lang" > "$WORK/pieces/train.sampled.$lang"
+if [ "$SAMPLES" -gt 0 ]; then
+  echo "== $SAMPLES sampled segmentations of the training split -> $WORK/data-bin-sampled"
+  for k in $(seq 1 "$SAMPLES"); do
+    seed=$(( 2 * k ))  # a seed per sample and side: the same samples on every run
+    for lang in de en; do
+      python "$HERE/spm.py" sample "$WORK/spm.model" "$seed" < "$WORK/raw/train.$lang" \
+        > "$WORK/pieces/train.sampled.$lang"
+      seed=$(( seed + 1 ))
+    done
+    fairseq-preprocess --source-lang de --target-lang en --srcdict "$WORK/data-bin/dict.de.txt" \
+      --tgtdict "$WORK/data-bin/dict.en.txt" --trainpref "$WORK/pieces/train.sampled" \
+      --destdir "$WORK/data-bin-sampled/$k" --workers 2 > "$WORK/preprocess.sampled.log" 2>&1 \
+      || { tail -20 "$WORK/preprocess.sampled.log" >&2; exit 1; }
   done
-  fairseq-preprocess --source-lang de --target-lang en --srcdict "$WORK/data-bin/dict.de.txt" \
-    --tgtdict "$WORK/data-bin/dict.en.txt" --trainpref "$WORK/pieces/train.sampled" \
-    --destdir "$WORK/data-bin-sampled/$k" --workers 2 > "$WORK/preprocess.sampled.log" 2>&1 \
-    || { tail -20 "$WORK/preprocess.sampled.log" >&2; exit 1; }
-done
-rm -f "$WORK/pieces/train.sampled."{de,en}
-[ "$SAMPLES" -eq 0 ] || grep -E "replaced" "$WORK/preprocess.sampled.log" \
-  | sed "s/^.*INFO:fairseq_cli.preprocess:/  sample $SAMPLES: /" || true
+  rm -f "$WORK/pieces/train.sampled."{de,en}
+  grep -E "replaced" "$WORK/preprocess.sampled.log" | sed "s/^.*INFO:fairseq_cli.preprocess:/  sample $SAMPLES: /" || true
+fi
 echo "done: $WORK/data-bin"
