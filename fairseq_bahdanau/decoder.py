@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
-from . import deferred
+from . import deferred, precision
 from .attention import build_attention, padding_bias
 from .dropout import drop_words, dropout
 from .encoder import EncoderOut, build_embedding, row_copies
@@ -235,6 +235,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         if self.additive:
             context_weight = self.layers[0].weight_ih[:, self.embed_dim :]
             values = torch.cat([values, F.linear(values, context_weight)], dim=2)
+        keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
         mask_bias = padding_bias(padding_mask, values.dtype)
         if incremental_state is not None:
             self.set_incremental_state(
@@ -268,6 +269,8 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             query_proj = self.attention.query_proj.weight
             hidden_weight = torch.cat([hidden_weight, query_proj], dim=0)
             hidden_bias = torch.cat([hidden_bias, hidden_bias.new_zeros(query_proj.size(0))])
+        if precision.autocast_dtype(hidden_weight) is not None:  # cast once, not at every step
+            feed_weight, hidden_weight, hidden_bias = map(precision.cast, (feed_weight, hidden_weight, hidden_bias))
         if steps == 1:
             return StepWeights(feed_weight, hidden_weight, hidden_bias, fused), values
         hidden_weight, hidden_tape = deferred.share(hidden_weight)

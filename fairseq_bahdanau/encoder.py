@@ -7,6 +7,7 @@ from fairseq.models import FairseqEncoder
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from . import precision
 from .dropout import drop_words, dropout
 
 EncoderOut = Dict[str, List[Tensor]]
@@ -165,8 +166,10 @@ class BiGRUEncoder(FairseqEncoder):
                 x = dropout(x, self.gru.dropout, self.training)  # as nn.GRU between layers
             directions = []
             for suffix, inputs in (("", x), ("_reverse", _gather_time(x, reverse))):
-                weights = [getattr(self.gru, f"{name}_l{layer}{suffix}") for name in _GRU_PARAMS]
-                out, _ = _VF.gru(inputs, h0, weights, True, 1, 0.0, self.training, False, False)
+                weights = [precision.cast(getattr(self.gru, f"{name}_l{layer}{suffix}")) for name in _GRU_PARAMS]
+                # autocast leaves the CPU GRU in float32: under autocast it is given bfloat16 operands
+                out, _ = _VF.gru(precision.cast(inputs), precision.cast(h0), weights, True, 1, 0.0, self.training,
+                                 False, False)
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
             x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)

@@ -8,6 +8,7 @@ from torch import nn
 from .config import BahdanauGRUConfig, validate
 from .decoder import BahdanauGRUDecoder
 from .encoder import BiGRUEncoder
+from .precision import training_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,18 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             word_dropout=cfg.word_dropout,
         )
         model = cls(encoder, decoder)
+        model.autocast_bf16 = bool(cfg.autocast_bf16)
         if float(cfg.init_range) > 0.0:
             reinitialise(model, float(cfg.init_range))
         return model
+
+    autocast_bf16 = False
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+        """The teacher-forced forward; with ``--autocast-bf16``, in training, under bfloat16 autocast (the logits
+        are then bfloat16; fairseq's criteria take their log-softmax in float32)."""
+        with training_autocast(self.autocast_bf16 and self.training, src_tokens):
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, first checking that they belong to this model and to these dictionaries, so that a

@@ -126,3 +126,34 @@ def test_hub_interface_translates(data, trained):
     src = (data / "raw/test.src").read_text().splitlines()[0]
     ref = (data / "raw/test.tgt").read_text().splitlines()[0]
     assert hub.translate(src, beam=5) == ref
+
+
+def test_bfloat16_autocast_training_learns_and_saves_float32(data, tmp_path):
+    """--autocast-bf16 trains the tiny model to the same standard through fairseq-train; its checkpoint holds
+    float32 parameters, and fairseq-generate runs it in float32."""
+    run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--autocast-bf16",
+        "--max-epoch", str(EPOCHS), "--save-dir", str(tmp_path), *TRAIN)
+    import torch
+    from fairseq import checkpoint_utils
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "checkpoint_best.pt"))
+    assert state["cfg"]["model"].autocast_bf16
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(tmp_path / "checkpoint_best.pt"), "--beam", "5", "--batch-size", "50", "--cpu").stdout
+    hyps = hypotheses(out)
+    refs = (data / "raw/test.tgt").read_text().splitlines()
+    bleu = sacrebleu.corpus_bleu([hyps[i][0] for i in range(len(refs))], [refs]).score
+    assert bleu > 80, f"tiny model trained under bfloat16 autocast only reaches BLEU {bleu:.1f}"
+
+
+def test_checkpoint_from_before_the_newer_flags_loads(data, trained, tmp_path):
+    """A checkpoint whose model configuration predates --word-dropout and --autocast-bf16 loads with both off."""
+    import torch
+
+    state = torch.load(trained / "checkpoint_best.pt", weights_only=True)  # cfg is saved as plain containers
+    del state["cfg"]["model"]["autocast_bf16"], state["cfg"]["model"]["word_dropout"]
+    torch.save(state, tmp_path / "old.pt")
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path", str(tmp_path / "old.pt"),
+              "--beam", "5", "--batch-size", "50", "--cpu").stdout
+    assert len(hypotheses(out)) == 100

@@ -191,23 +191,38 @@ def test_partial_backward_leaves_no_stale_deferred_gradients(attention_type):
         torch.testing.assert_close(p.grad, want[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("how", ["outer autocast", "--autocast-bf16"])
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_mixed_precision_training_step(attention_type):
-    """Under autocast (fairseq's --amp; bfloat16 on CPU here) a training step runs and its gradients stay close
-    to the float32 ones."""
-    model = build_model(attention_type=attention_type)
+def test_mixed_precision_training_step(attention_type, how):
+    """Under autocast (fairseq's --amp, or the model's own --autocast-bf16; bfloat16 on CPU here) a training step
+    runs in bfloat16 and its gradients stay close to the float32 ones; --autocast-bf16 leaves evaluation in
+    float32, with the same logits as without the flag."""
+    model = build_model(attention_type=attention_type, encoder_layers=2, dropout=0.0).train()  # train mode, no dropout
     _, src, lengths, prev = batch(model)
     model(src, lengths, prev)[0].logsumexp(-1).sum().backward()
     full = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    if how == "outer autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(src, lengths, prev)[0]
+    else:
+        model.autocast_bf16 = True
         logits = model(src, lengths, prev)[0]
     assert logits.dtype == torch.bfloat16
     logits.float().logsumexp(-1).sum().backward()
     for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32, name
         assert torch.isfinite(p.grad).all(), name
         scale = full[name].abs().max().clamp(min=1e-3)
         assert (p.grad - full[name]).abs().max() / scale < 0.1, name
+    if how == "--autocast-bf16":
+        model.eval()
+        with torch.no_grad():
+            evaluated = model(src, lengths, prev)[0]
+            model.autocast_bf16 = False
+            plain = model(src, lengths, prev)[0]
+        assert evaluated.dtype == torch.float32
+        torch.testing.assert_close(evaluated, plain, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
