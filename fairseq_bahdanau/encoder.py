@@ -130,7 +130,7 @@ class BiGRUEncoder(FairseqEncoder):
             if left_padded:
                 out = roll_columns(out, lengths)
         else:
-            out, final = self.gru(x)
+            out, final = self._full_gru(x)
 
         # final: (layers * 2) x B x H; the top layer's forward state saw the whole sentence, and so did its
         # backward state (which ends at the first token).
@@ -174,6 +174,17 @@ class BiGRUEncoder(FairseqEncoder):
                 directions.append(out)
             x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
         return x.masked_fill(~valid.unsqueeze(2), 0.0), torch.stack(finals)
+
+    def _full_gru(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``self.gru`` on a batch without padding (S x B x E); on the CPU under autocast, which leaves PyTorch's
+        CPU GRU in float32, with operands in autocast's dtype."""
+        if x.device.type != "cpu" or precision.autocast_dtype(x) is None:
+            return self.gru(x)
+        gru = self.gru
+        h0 = x.new_zeros(gru.num_layers * 2, x.size(1), self.hidden_size)
+        weights = [precision.cast(w) for w in gru._flat_weights]
+        return _VF.gru(precision.cast(x), precision.cast(h0), weights, True, gru.num_layers, gru.dropout,
+                       self.training, True, False)
 
     def _packed_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """The same through ``pack_padded_sequence``: on GPUs, where cuDNN runs packed batches well and one

@@ -129,8 +129,8 @@ def test_hub_interface_translates(data, trained):
 
 
 def test_bfloat16_autocast_training_learns_and_saves_float32(data, tmp_path):
-    """--autocast-bf16 trains the tiny model to the same standard through fairseq-train; its checkpoint holds
-    float32 parameters, and fairseq-generate runs it in float32."""
+    """--autocast-bf16 trains the tiny model to the same standard through fairseq-train, and its checkpoint holds
+    float32 parameters (evaluation in float32: test_model.py::test_mixed_precision_training_step)."""
     run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--autocast-bf16",
         "--max-epoch", str(EPOCHS), "--save-dir", str(tmp_path), *TRAIN)
     import torch

@@ -225,6 +225,31 @@ def test_mixed_precision_training_step(attention_type, how):
         torch.testing.assert_close(evaluated, plain, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("lengths", [(7, 3, 5, 2), (4, 4, 4, 4)], ids=["padded", "unpadded"])
+def test_autocast_bf16_runs_the_encoder_gru_in_bfloat16(lengths):
+    """autocast leaves PyTorch's CPU GRU in float32; under --autocast-bf16 the encoder gives it bfloat16
+    operands, on padded and unpadded batches alike, and the same annotations within bfloat16's precision."""
+    from fairseq_bahdanau.precision import training_autocast
+
+    model = build_model(encoder_layers=2, dropout=0.0).train()
+    _, src, lengths, _ = batch(model, lengths=lengths)
+    full = model.encoder(src, lengths)["encoder_out"][0]
+    with training_autocast(True, src):
+        half = model.encoder(src, lengths)["encoder_out"][0]
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), full, atol=0.05, rtol=0)
+    half.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.encoder.gru.parameters())
+
+
+def test_autocast_bf16_refuses_other_devices():
+    from fairseq_bahdanau.precision import training_autocast
+
+    with pytest.raises(ValueError, match="--autocast-bf16 is for training on CPUs.*--amp"):
+        with training_autocast(True, torch.empty(0, device="meta")):
+            pass
+
+
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_every_parameter_gets_a_gradient(attention_type):
     for ratio in (1.0, 0.5):

@@ -18,7 +18,8 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
 
 Models: ``bahdanau_gru`` (the notebook's configuration), fairseq's ``lstm`` at matched sizes (embeddings 256,
 bidirectional 512 encoder, 512 decoder, out-embed 256) beside ``bahdanau_gru`` with the same bottleneck
-(``--decoder-out-embed-dim 256``) and dropout, and the naive per-step formulation of ``tests/reference.py``
+(``--decoder-out-embed-dim 256``) and dropout, the same trained under bfloat16 autocast (``--autocast-bf16``;
+generation is float32 either way, so its generation figures measure the same thing again), and the naive per-step formulation of ``tests/reference.py``
 (``tutorial_forward``: the tutorial's way, attention projections and output layer recomputed in the step loop) on
 the notebook configuration's weights (training only: it has no incremental decoding).
 """
@@ -46,6 +47,9 @@ MODELS: Dict[str, List[str]] = {
         "--dropout", "0.3",
     ],
     "bahdanau_gru (matched)": ["--arch", "bahdanau_gru", "--decoder-out-embed-dim", "256", "--dropout", "0.3"],
+    "bahdanau_gru (matched, --autocast-bf16)": [
+        "--arch", "bahdanau_gru", "--decoder-out-embed-dim", "256", "--dropout", "0.3", "--autocast-bf16",
+    ],
 }
 BASELINE = "lstm (matched)"
 
@@ -117,8 +121,8 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
             logits = reference.tutorial_forward(model, net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
         else:
             logits = model(**net)[0]
-        return torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.size(-1)), sample["target"].view(-1), ignore_index=pad, reduction="sum"
+        return torch.nn.functional.cross_entropy(  # in float32 (the logits are bfloat16 under --autocast-bf16)
+            logits.float().view(-1, logits.size(-1)), sample["target"].view(-1), ignore_index=pad, reduction="sum"
         )
 
     task.load_dataset("train")

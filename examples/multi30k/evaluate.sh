@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Step 3 of the Multi30k recipe: translate test2016 (or valid) with beam search, detokenize, score with sacreBLEU.
 #
-#   bash examples/multi30k/evaluate.sh tutorial|best|best-sr|best-decay|lstm [test|valid]
+#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm [test|valid]
 #
 # Env: WORK (default runs/multi30k), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
-#      average, default 5 for best and best-sr, 0 for the others: then checkpoint_best.pt is used).
+#      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: evaluate.sh tutorial|best|best-sr|best-decay|lstm [test|valid]}"
+CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm [test|valid]}"
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
 SAVE="$WORK/checkpoints/$CONFIG"
-case "$CONFIG" in best|best-sr) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
+case "$CONFIG" in best|best-e512|best-sr) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
 REF="$WORK/raw/$([ "$SPLIT" = test ] && echo test2016 || echo valid).en"
 
 CHECKPOINT="$SAVE/checkpoint_best.pt"
