@@ -47,7 +47,7 @@ MODELS: Dict[str, List[str]] = {
         "--dropout", "0.3",
     ],
     "bahdanau_gru (matched)": ["--arch", "bahdanau_gru", "--decoder-out-embed-dim", "256", "--dropout", "0.3"],
-    "bahdanau_gru (matched, --autocast-bf16)": [
+    "bahdanau_gru (matched) --autocast-bf16": [  # no commas in names: --models is comma-separated
         "--arch", "bahdanau_gru", "--decoder-out-embed-dim", "256", "--dropout", "0.3", "--autocast-bf16",
     ],
 }
