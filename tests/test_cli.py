@@ -38,12 +38,17 @@ def hypotheses(output: str, prefix: str = "H"):
     return found
 
 
-def test_training_learns_the_reordering_task(data, trained):
-    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
-              str(trained / "checkpoint_best.pt"), "--beam", "5", "--batch-size", "50", "--cpu").stdout
+def bleu_on_test_split(data, checkpoint) -> float:
+    """sacreBLEU of ``checkpoint``'s beam-5 translations of the synthetic test split."""
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path", str(checkpoint),
+              "--beam", "5", "--batch-size", "50", "--cpu").stdout
     hyps = hypotheses(out)
     refs = (data / "raw/test.tgt").read_text().splitlines()
-    bleu = sacrebleu.corpus_bleu([hyps[i][0] for i in range(len(refs))], [refs]).score
+    return sacrebleu.corpus_bleu([hyps[i][0] for i in range(len(refs))], [refs]).score
+
+
+def test_training_learns_the_reordering_task(data, trained):
+    bleu = bleu_on_test_split(data, trained / "checkpoint_best.pt")
     assert bleu > 80, f"trained tiny model only reaches BLEU {bleu:.1f}"
 
 
@@ -139,11 +144,7 @@ def test_bfloat16_autocast_training_learns_and_saves_float32(data, tmp_path):
     state = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "checkpoint_best.pt"))
     assert state["cfg"]["model"].autocast_bf16
     assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
-    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
-              str(tmp_path / "checkpoint_best.pt"), "--beam", "5", "--batch-size", "50", "--cpu").stdout
-    hyps = hypotheses(out)
-    refs = (data / "raw/test.tgt").read_text().splitlines()
-    bleu = sacrebleu.corpus_bleu([hyps[i][0] for i in range(len(refs))], [refs]).score
+    bleu = bleu_on_test_split(data, tmp_path / "checkpoint_best.pt")
     assert bleu > 80, f"tiny model trained under bfloat16 autocast only reaches BLEU {bleu:.1f}"
 
 
