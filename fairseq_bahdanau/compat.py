@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import shutil
+import traceback
 from typing import List
 
 import numpy as np
@@ -92,6 +93,14 @@ def atomic_checkpoint_copies() -> None:
     PathManager.copy = staticmethod(copy)
 
 
+def _raised_by_torch_load(error: BaseException) -> bool:
+    """Whether ``error`` came out of ``torch.load`` reading the file (random or damaged bytes make its unpickler
+    raise almost anything: UnicodeDecodeError, IndexError, KeyError, struct.error), rather than out of fairseq's
+    handling of a checkpoint that loaded."""
+    return any(frame.filename.endswith(os.path.join("torch", "serialization.py"))
+               for frame in traceback.extract_tb(error.__traceback__))
+
+
 def clear_checkpoint_errors() -> None:
     from fairseq import checkpoint_utils
 
@@ -113,11 +122,11 @@ def clear_checkpoint_errors() -> None:
                 ) from e
             detail = next((line for line in lines if line.startswith("Unsupported")), None) or lines[0]
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({detail})") from e
-        except (RuntimeError, EOFError, ValueError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 (re-raised unless torch.load itself failed on the file's bytes)
             if isinstance(e, CheckpointError):
                 raise
             text = str(e) or type(e).__name__
-            if isinstance(e, EOFError) or "zip archive" in text or "corrupted" in text or "invalid load key" in text:
+            if isinstance(e, EOFError) or "zip archive" in text or "corrupted" in text or _raised_by_torch_load(e):
                 raise CheckpointError(
                     f"checkpoint {path} is truncated or corrupt and cannot be read ({text.splitlines()[0]})"
                 ) from e

@@ -1,6 +1,7 @@
 """Bad input, bad flags, bad checkpoints and interrupted training: each fails clearly or recovers, losing nothing."""
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -134,12 +135,25 @@ def generate(data, checkpoint, check=False):
                "--batch-size", "50", check=check)
 
 
+def test_any_random_bytes_are_a_checkpoint_error(tmp_path):
+    """Whatever torch.load's unpickler raises on damaged bytes (UnicodeDecodeError, IndexError, KeyError,
+    struct.error, ... depending on the bytes) reaches the user as one CheckpointError naming the file."""
+    from fairseq import checkpoint_utils
+
+    bad = tmp_path / "bad.pt"
+    for seed in range(300):
+        rng = random.Random(seed)
+        bad.write_bytes(rng.randbytes(rng.choice([1, 2, 8, 100, 5000])))
+        with pytest.raises(CheckpointError, match=f"checkpoint {bad} is truncated or corrupt"):
+            checkpoint_utils.load_checkpoint_to_cpu(str(bad))
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated", "random bytes"])
 def test_corrupt_checkpoint_is_named(model, tmp_path, damage):
     data, checkpoint, _ = model
     bad = tmp_path / "bad.pt"
     content = checkpoint.read_bytes()
-    damaged = {"empty": b"", "truncated": content[: len(content) // 2], "random bytes": os.urandom(len(content))}
+    damaged = {"empty": b"", "truncated": content[: len(content) // 2], "random bytes": random.Random(0).randbytes(len(content))}
     bad.write_bytes(damaged[damage])
     proc = generate(data, bad)
     assert proc.returncode != 0
