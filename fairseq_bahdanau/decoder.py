@@ -269,8 +269,8 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             query_proj = self.attention.query_proj.weight
             hidden_weight = torch.cat([hidden_weight, query_proj], dim=0)
             hidden_bias = torch.cat([hidden_bias, hidden_bias.new_zeros(query_proj.size(0))])
-        if precision.autocast_dtype(hidden_weight) is not None:  # cast once, not at every step
-            feed_weight, hidden_weight, hidden_bias = map(precision.cast, (feed_weight, hidden_weight, hidden_bias))
+        # under autocast, cast once here rather than at every step (a no-op otherwise)
+        feed_weight, hidden_weight, hidden_bias = map(precision.cast, (feed_weight, hidden_weight, hidden_bias))
         if steps == 1:
             return StepWeights(feed_weight, hidden_weight, hidden_bias, fused), values
         hidden_weight, hidden_tape = deferred.share(hidden_weight)

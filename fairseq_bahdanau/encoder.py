@@ -166,25 +166,30 @@ class BiGRUEncoder(FairseqEncoder):
                 x = dropout(x, self.gru.dropout, self.training)  # as nn.GRU between layers
             directions = []
             for suffix, inputs in (("", x), ("_reverse", _gather_time(x, reverse))):
-                weights = [precision.cast(getattr(self.gru, f"{name}_l{layer}{suffix}")) for name in _GRU_PARAMS]
-                # autocast leaves the CPU GRU in float32: under autocast it is given bfloat16 operands
-                out, _ = _VF.gru(precision.cast(inputs), precision.cast(h0), weights, True, 1, 0.0, self.training,
-                                 False, False)
+                weights = [getattr(self.gru, f"{name}_l{layer}{suffix}") for name in _GRU_PARAMS]
+                out, _ = self._cpu_gru(inputs, h0, weights, num_layers=1, dropout=0.0, bidirectional=False)
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
             x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
         return x.masked_fill(~valid.unsqueeze(2), 0.0), torch.stack(finals)
 
     def _full_gru(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``self.gru`` on a batch without padding (S x B x E); on the CPU under autocast, which leaves PyTorch's
-        CPU GRU in float32, with operands in autocast's dtype."""
-        if x.device.type != "cpu" or precision.autocast_dtype(x) is None:
+        """``self.gru`` on a batch without padding (S x B x E): on the CPU the same call ``nn.GRU`` makes, through
+        ``_cpu_gru``."""
+        if x.device.type != "cpu":
             return self.gru(x)
         gru = self.gru
         h0 = x.new_zeros(gru.num_layers * 2, x.size(1), self.hidden_size)
-        weights = [precision.cast(w) for w in gru._flat_weights]
-        return _VF.gru(precision.cast(x), precision.cast(h0), weights, True, gru.num_layers, gru.dropout,
-                       self.training, True, False)
+        return self._cpu_gru(x, h0, gru._flat_weights, gru.num_layers, gru.dropout, bidirectional=True)
+
+    def _cpu_gru(
+        self, x: Tensor, h0: Tensor, weights: List[Tensor], num_layers: int, dropout: float, bidirectional: bool
+    ) -> Tuple[Tensor, Tensor]:
+        """PyTorch's CPU GRU (``_VF.gru``, time-major, with biases). autocast leaves it in float32, so under
+        autocast its operands are cast to autocast's dtype here (``precision.cast``; a no-op otherwise)."""
+        weights = [precision.cast(w) for w in weights]
+        return _VF.gru(precision.cast(x), precision.cast(h0), weights, True, num_layers, dropout, self.training,
+                       bidirectional, False)
 
     def _packed_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """The same through ``pack_padded_sequence``: on GPUs, where cuDNN runs packed batches well and one

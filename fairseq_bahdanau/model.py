@@ -31,6 +31,9 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
     ``fairseq-generate --print-alignment`` works.
     """
 
+    #: --autocast-bf16 (set by build_model): the training forward under bfloat16 autocast
+    autocast_bf16 = False
+
     @classmethod
     def build_model(cls, cfg, task) -> "BahdanauGRUModel":
         from .architectures import base_architecture
@@ -69,8 +72,6 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
         if float(cfg.init_range) > 0.0:
             reinitialise(model, float(cfg.init_range))
         return model
-
-    autocast_bf16 = False
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         """The teacher-forced forward; with ``--autocast-bf16``, in training, under bfloat16 autocast (the logits

@@ -19,7 +19,8 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
 Models: ``bahdanau_gru`` (the notebook's configuration), fairseq's ``lstm`` at matched sizes (embeddings 256,
 bidirectional 512 encoder, 512 decoder, out-embed 256) beside ``bahdanau_gru`` with the same bottleneck
 (``--decoder-out-embed-dim 256``) and dropout, the same trained under bfloat16 autocast (``--autocast-bf16``;
-generation is float32 either way, so its generation figures measure the same thing again), and the naive per-step formulation of ``tests/reference.py``
+generation is float32 either way, so its generation figures measure the same thing again), and the naive
+per-step formulation of ``tests/reference.py``
 (``tutorial_forward``: the tutorial's way, attention projections and output layer recomputed in the step loop) on
 the notebook configuration's weights (training only: it has no incremental decoding).
 """
