@@ -3,7 +3,8 @@
 #
 #   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm [test|valid]
 #
-# Env: WORK (default runs/multi30k), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
+# Env: WORK (default runs/multi30k), NAME (the run's directory under $WORK/checkpoints, as for train.sh;
+#      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
 #      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -13,7 +14,7 @@ CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm 
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
-SAVE="$WORK/checkpoints/$CONFIG"
+SAVE="$WORK/checkpoints/${NAME:-$CONFIG}"
 case "$CONFIG" in best|best-e512|best-sr) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
 REF="$WORK/raw/$([ "$SPLIT" = test ] && echo test2016 || echo valid).en"
 

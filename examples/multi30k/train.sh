@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Step 2 of the Multi30k recipe: train one configuration on $WORK/data-bin (made by prepare.sh).
 #
-#   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|lstm
+#   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|lstm [fairseq-train options]
+#
+# Options after the configuration's name are passed to fairseq-train after the configuration's own, so they
+# override them (e.g. `NAME=best-d4 train.sh best --dropout 0.4`).
 #
 # tutorial: the reference notebook's model (bahdanau_gru: emb 256, GRU 512, dropout 0.5) and set-up (Adam 1e-3,
 #           batches of 128 sentences, clip 1, 10 epochs, plain cross-entropy).
@@ -16,16 +19,19 @@
 #           in place of halving on plateaus: the same quality in our run, from its final checkpoint.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
-# Env: WORK (default runs/multi30k), HOURS (training-time budget, default 1.45: fairseq checks it between
+# Env: WORK (default runs/multi30k), NAME (the run's directory under $WORK/checkpoints, default the
+#      configuration's name), HOURS (training-time budget, default 1.45: fairseq checks it between
 #      updates), THREADS (CPU threads, default all), UPDATES (best-decay only: updates to decay over, 4300).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
 CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|lstm}"
+shift
+EXTRA=("$@")
 HOURS="${HOURS:-1.45}"
 UPDATES="${UPDATES:-4300}"
 export OMP_NUM_THREADS="${THREADS:-$(nproc)}"
-SAVE="$WORK/checkpoints/$CONFIG"
+SAVE="$WORK/checkpoints/${NAME:-$CONFIG}"
 mkdir -p "$SAVE"
 [ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
 DATA="$WORK/data-bin"
@@ -65,8 +71,8 @@ case "$CONFIG" in
   *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay or lstm)" >&2; exit 1 ;;
 esac
 
-echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]}"
+echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]} ${EXTRA[*]}"
 start=$(date +%s)
-fairseq-train "$DATA" "${COMMON[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE/train.log" \
+fairseq-train "$DATA" "${COMMON[@]}" "${ARGS[@]}" "${EXTRA[@]}" 2>&1 | tee -a "$SAVE/train.log" \
   | grep --line-buffered -E "\| (train|valid) \| epoch|done training"
 echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$SAVE/train.log"
