@@ -3,7 +3,7 @@
 #
 #   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm [test|valid]
 #
-# Env: WORK (default runs/multi30k), NAME (the run's directory under $WORK/checkpoints, as for train.sh;
+# Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
 #      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used).
 set -euo pipefail
@@ -14,21 +14,26 @@ CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm 
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
-SAVE="$WORK/checkpoints/${NAME:-$CONFIG}"
+SAVE="$WORK/checkpoints/${RUN_NAME:-$CONFIG}"
 case "$CONFIG" in best|best-e512|best-sr) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
-REF="$WORK/raw/$([ "$SPLIT" = test ] && echo test2016 || echo valid).en"
+case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;;
+  *) echo "error: unknown split $SPLIT (test or valid)" >&2; exit 1 ;;
+esac
+[ -d "$SAVE" ] || { echo "error: $SAVE is missing: train $CONFIG first (or set RUN_NAME as for train.sh)" >&2; exit 1; }
 
 CHECKPOINT="$SAVE/checkpoint_best.pt"
 if [ "$AVERAGE" -gt 0 ]; then
   CHECKPOINT="$SAVE/average$AVERAGE.pt"
   python "$HERE/average_checkpoints.py" "$SAVE" "$AVERAGE" "$CHECKPOINT"
 fi
+[ -f "$CHECKPOINT" ] || { echo "error: $CHECKPOINT is missing" >&2; exit 1; }
 
 OUT="$SAVE/$SPLIT.beam$BEAM"
 fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
   --gen-subset "$SPLIT" --path "$CHECKPOINT" --beam "$BEAM" --lenpen "$LENPEN" --batch-size 128 --cpu \
-  > "$OUT.generate" 2> "$OUT.log"
-grep '^H-' "$OUT.generate" | sed 's/^H-//' | sort -n | cut -f3 > "$OUT.pieces"
+  > "$OUT.generate" 2> "$OUT.log" \
+  || { echo "error: fairseq-generate failed; the end of $OUT.log:" >&2; tail -20 "$OUT.log" >&2; exit 1; }
+{ grep '^H-' "$OUT.generate" || true; } | sed 's/^H-//' | sort -n | cut -f3 > "$OUT.pieces"
 python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
 [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
   || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }

@@ -10,6 +10,7 @@
 # Writes $WORK/raw, $WORK/spm.model, $WORK/pieces, $WORK/data-bin, and $WORK/data-bin-sampled/1..SAMPLES: the
 # training split only, each with its own segmentation drawn from the 64 best (Kudo 2018; spm.py sample), binarized
 # with data-bin's dictionary. train.sh best-sr trains on data-bin in epoch 1 and on sample k in epoch k + 1.
+# A re-run rebuilds data-bin and removes an earlier data-bin-sampled (binarized with the earlier dictionary).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"

@@ -3,8 +3,9 @@
 #
 #   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|lstm [fairseq-train options]
 #
-# Options after the configuration's name are passed to fairseq-train after the configuration's own, so they
-# override them (e.g. `NAME=best-d4 train.sh best --dropout 0.4`).
+# Options after the configuration's name are passed to fairseq-train after the configuration's own, so an
+# option that takes a value overrides the configuration's (e.g. `RUN_NAME=best-d4 train.sh best --dropout 0.4`);
+# a flag the configuration sets cannot be unset this way, and --save-dir is refused (use RUN_NAME).
 #
 # tutorial: the reference notebook's model (bahdanau_gru: emb 256, GRU 512, dropout 0.5) and set-up (Adam 1e-3,
 #           batches of 128 sentences, clip 1, 10 epochs, plain cross-entropy).
@@ -16,23 +17,27 @@
 # best-sr:  best with subword regularization: epoch k + 1 trains on prepare.sh's k-th sampled segmentation of
 #           the training split (Kudo 2018: from the 64 best, alpha 0.1); epoch 1 and validation use the usual one.
 # best-decay: best with a linear learning-rate decay (1.5e-3 after 300 warm-up updates, to 0 at update UPDATES)
-#           in place of halving on plateaus: the same quality in our run, from its final checkpoint.
+#           in place of halving on plateaus: the same quality in our run, from its checkpoint_best.pt.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
-# Env: WORK (default runs/multi30k), NAME (the run's directory under $WORK/checkpoints, default the
+# Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, default the
 #      configuration's name), HOURS (training-time budget, default 1.45: fairseq checks it between
 #      updates), THREADS (CPU threads, default all), UPDATES (best-decay only: updates to decay over, 4300).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|lstm}"
+CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|lstm [fairseq-train options]}"
 shift
 EXTRA=("$@")
+for option in "${EXTRA[@]+"${EXTRA[@]}"}"; do
+  case "$option" in --save-dir|--save-dir=*)
+    echo "error: train.sh chooses the checkpoint directory: set RUN_NAME instead of $option" >&2; exit 1 ;;
+  esac
+done
 HOURS="${HOURS:-1.45}"
 UPDATES="${UPDATES:-4300}"
 export OMP_NUM_THREADS="${THREADS:-$(nproc)}"
-SAVE="$WORK/checkpoints/${NAME:-$CONFIG}"
-mkdir -p "$SAVE"
+SAVE="$WORK/checkpoints/${RUN_NAME:-$CONFIG}"
 [ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
 DATA="$WORK/data-bin"
 if [ "$CONFIG" = best-sr ]; then  # fairseq reads epoch e's training data from shard (e - 1) mod (number of shards)
@@ -70,9 +75,13 @@ case "$CONFIG" in
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
   *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay or lstm)" >&2; exit 1 ;;
 esac
+ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})  # (the guarded form: bash before 4.4 calls an empty array unbound)
 
-echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]} ${EXTRA[*]}"
+mkdir -p "$SAVE"
+echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]}"
 start=$(date +%s)
-fairseq-train "$DATA" "${COMMON[@]}" "${ARGS[@]}" "${EXTRA[@]}" 2>&1 | tee -a "$SAVE/train.log" \
-  | grep --line-buffered -E "\| (train|valid) \| epoch|done training"
+# The console shows only the epoch summaries; on failure, the end of train.log, which has the whole output.
+fairseq-train "$DATA" "${COMMON[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE/train.log" \
+  | { grep --line-buffered -E "\| (train|valid) \| epoch|done training" || true; } \
+  || { echo "error: fairseq-train failed; the end of $SAVE/train.log:" >&2; tail -20 "$SAVE/train.log" >&2; exit 1; }
 echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$SAVE/train.log"
