@@ -3,8 +3,10 @@ bfloat16.
 
 Parameters, optimizer state, checkpoints, validation and generation stay float32; only the training forward's
 matrix products (and what reads their outputs) run in bfloat16, which CPUs with AVX512-BF16 or AMX compute at up
-to twice the float32 rate. On GPUs fairseq's own ``--amp`` is the way (float16 with loss scaling; cuDNN's GRU
-runs in float16 under any CUDA autocast), and the flag refuses to run there.
+to twice the float32 rate. A CPU without AVX-512 has no fast bfloat16 kernels at all (PyTorch falls back to
+generic code: 1.3 GFLOP/s against float32's 65 on a 2-core AVX2 AMD EPYC here), so there the flag slows
+training down many times over, and a warning says so. On GPUs fairseq's own ``--amp`` is the way (float16 with
+loss scaling; cuDNN's GRU runs in float16 under any CUDA autocast), and the flag refuses to run there.
 
 autocast casts a parameter once per forward (it caches casts of leaf tensors), but it casts every other float32
 operand each time an operation reads it. Tensors that every decoder step reads (the attention values, the
@@ -13,12 +15,16 @@ autocast leaves in float32, is given bfloat16 operands by the encoder.
 """
 
 import contextlib
+import functools
+import logging
 from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from .deferred import autocast_enabled
+
+logger = logging.getLogger(__name__)
 
 
 def autocast_dtype(tensor: Tensor) -> Optional[torch.dtype]:
@@ -41,11 +47,30 @@ def cast(tensor: Tensor) -> Tensor:
     return tensor.to(dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def fast_bfloat16_cpu() -> bool:
+    """Whether this CPU has fast bfloat16 matrix products: oneDNN's bfloat16 kernels, which need AVX-512 (native
+    with AVX512-BF16) or AMX on x86, or BF16 instructions on ARM."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return bool(supported is not None and supported())
+
+
+@functools.lru_cache(maxsize=None)  # once per process
+def _warn_slow_bfloat16() -> None:
+    logger.warning(
+        "--autocast-bf16: this CPU has no fast bfloat16 matrix products (oneDNN's bfloat16 kernels need AVX-512 "
+        "or AMX), so they run many times slower than float32 here: train without --autocast-bf16"
+    )
+
+
 @contextlib.contextmanager
 def training_autocast(enabled: bool, like: Tensor) -> Iterator[None]:
     """bfloat16 autocast on the CPU if ``enabled`` (in force even inside another autocast); otherwise nothing
     changes, and an outer autocast stays as it is. Raises ``ValueError`` if enabled for a tensor on another
-    device."""
+    device; warns (once) if enabled on a CPU without fast bfloat16 arithmetic."""
     if not enabled:
         yield
         return
@@ -54,5 +79,7 @@ def training_autocast(enabled: bool, like: Tensor) -> Iterator[None]:
             f"--autocast-bf16 is for training on CPUs (the model is on {like.device.type}); on GPUs use fairseq's "
             "--amp, or --bf16"
         )
+    if not fast_bfloat16_cpu():
+        _warn_slow_bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yield

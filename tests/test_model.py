@@ -250,6 +250,30 @@ def test_autocast_bf16_refuses_other_devices():
             pass
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-bf16-cpu", "slow-bf16-cpu"])
+def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, monkeypatch, caplog):
+    """On a CPU without fast bfloat16 matrix products (e.g. AVX2 alone) the flag warns, once, that it slows
+    training down; on one with them it says nothing."""
+    from fairseq_bahdanau import precision
+
+    monkeypatch.setattr(precision, "fast_bfloat16_cpu", lambda: fast)
+    precision._warn_slow_bfloat16.cache_clear()
+    for _ in range(2):
+        with caplog.at_level("WARNING", logger="fairseq_bahdanau.precision"):
+            with precision.training_autocast(True, torch.empty(0)):
+                pass
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fairseq_bahdanau.precision"]
+    assert len(warnings) == (0 if fast else 1)
+    assert all("no fast bfloat16" in w and "train without --autocast-bf16" in w for w in warnings)
+    precision._warn_slow_bfloat16.cache_clear()
+
+
+def test_fast_bfloat16_cpu_matches_torch():
+    from fairseq_bahdanau.precision import fast_bfloat16_cpu
+
+    assert fast_bfloat16_cpu() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_every_parameter_gets_a_gradient(attention_type):
     for ratio in (1.0, 0.5):

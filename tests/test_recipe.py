@@ -1,7 +1,9 @@
-"""The Multi30k recipe's sentencepiece helper (``examples/multi30k/spm.py``): the sampled segmentations of
-subword regularization are true segmentations of each line, vary, and are the same for the same seed."""
+"""The Multi30k recipe: its sentencepiece helper (``examples/multi30k/spm.py``: the sampled segmentations of
+subword regularization are true segmentations of each line, vary, and are the same for the same seed) and the
+error paths of ``train.sh`` and ``evaluate.sh`` (with stand-ins for ``python`` and ``fairseq-train``)."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -9,6 +11,7 @@ from fairseq_bahdanau.synthetic import write_corpus
 from helpers import ROOT, run
 
 SPM = os.path.join(ROOT, "examples", "multi30k", "spm.py")
+RECIPE = os.path.join(ROOT, "examples", "multi30k")
 
 
 def spm(*args: str, stdin: str) -> str:
@@ -47,3 +50,64 @@ def test_samples_depend_on_the_seed_only(model):
     assert spm("sample", path, "2", stdin=text) != first
     # alpha -> 0 samples uniformly from the 64 best; a large alpha gives the usual segmentation
     assert spm("sample", path, "1", "64", "50", stdin=text) == spm("encode", path, stdin=text)
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A WORK directory with a data-bin (only its dictionary: nothing here reads more) and a bin directory of
+    stand-ins: ``python`` prints $FAST_BF16 (what train.sh asks fast_bfloat16_cpu), ``fairseq-train`` fails."""
+    (tmp_path / "data-bin").mkdir()
+    (tmp_path / "data-bin" / "dict.de.txt").write_text("a 1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text('#!/bin/sh\necho "$FAST_BF16"\n')
+    (bin_dir / "fairseq-train").write_text('#!/bin/sh\necho "a traceback, then: boom"\nexit 3\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return tmp_path
+
+
+def script(work, name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``bash examples/multi30k/NAME ARGS`` with WORK=work and the stand-ins first on PATH."""
+    environ = dict(os.environ, WORK=str(work), PATH=f"{work / 'bin'}:{os.environ['PATH']}", FAST_BF16="True")
+    environ.update(env)
+    return subprocess.run(
+        ["bash", os.path.join(RECIPE, name), *args], capture_output=True, text=True, env=environ, timeout=60
+    )
+
+
+def test_train_sh_refuses_save_dir_and_unknown_configurations(work):
+    proc = script(work, "train.sh", "best", "--save-dir", "elsewhere")
+    assert proc.returncode == 1 and "set RUN_NAME instead of --save-dir" in proc.stderr
+    proc = script(work, "train.sh", "bestt")
+    assert proc.returncode == 1 and "unknown configuration bestt" in proc.stderr
+    assert not (work / "checkpoints").exists()  # nothing made for a run that did not start
+
+
+def test_train_sh_without_data_says_run_prepare_first(tmp_path):
+    proc = script(tmp_path, "train.sh", "best")
+    assert proc.returncode == 1 and "run prepare.sh first" in proc.stderr
+
+
+def test_train_sh_refuses_bfloat16_on_cpus_without_it(work):
+    proc = script(work, "train.sh", "best-e512", FAST_BF16="False")
+    assert proc.returncode == 1 and "no fast bfloat16" in proc.stderr and "train best instead" in proc.stderr
+    proc = script(work, "train.sh", "best", "--autocast-bf16", FAST_BF16="False")  # the flag passed on, too
+    assert proc.returncode == 1 and "no fast bfloat16" in proc.stderr
+
+
+def test_train_sh_shows_why_fairseq_train_failed(work):
+    """The console shows only epoch summaries; a failure shows the end of train.log, and the options passed
+    after the configuration reach fairseq-train, in RUN_NAME's directory."""
+    proc = script(work, "train.sh", "best-e512", "--dropout", "0.4", RUN_NAME="variant")
+    assert proc.returncode == 1
+    assert "fairseq-train failed" in proc.stderr and "boom" in proc.stderr
+    assert "--autocast-bf16" in proc.stdout and proc.stdout.rstrip().endswith("--dropout 0.4")
+    assert (work / "checkpoints" / "variant" / "train.log").read_text().strip().endswith("boom")
+
+
+def test_evaluate_sh_checks_split_and_run(work):
+    proc = script(work, "evaluate.sh", "best", "test2016")
+    assert proc.returncode == 1 and "unknown split test2016 (test or valid)" in proc.stderr
+    proc = script(work, "evaluate.sh", "best", RUN_NAME="nope")
+    assert proc.returncode == 1 and "checkpoints/nope is missing" in proc.stderr and "RUN_NAME" in proc.stderr

@@ -22,7 +22,9 @@ bidirectional 512 encoder, 512 decoder, out-embed 256) beside ``bahdanau_gru`` w
 generation is float32 either way, so its generation figures measure the same thing again), and the naive
 per-step formulation of ``tests/reference.py``
 (``tutorial_forward``: the tutorial's way, attention projections and output layer recomputed in the step loop) on
-the notebook configuration's weights (training only: it has no incremental decoding).
+the notebook configuration's weights (training only: it has no incremental decoding). On a CPU without fast
+bfloat16 matrix products (no AVX-512 or AMX) the ``--autocast-bf16`` model is left out unless ``--models`` names it:
+there it trains many times slower than float32 and tells nothing about the model.
 """
 
 import argparse
@@ -229,7 +231,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS) + " (default: all)")
     parser.add_argument("--no-generate", action="store_true")
     parser.add_argument(
         "--rounds", type=int, default=3,
@@ -246,8 +248,20 @@ def main() -> None:
         json.dump(worker(args.worker, args), sys.stdout)
         return
 
+    if args.models:
+        names = args.models.split(",")
+        unknown = [name for name in names if name not in MODELS]
+        if unknown:
+            parser.error(f"unknown models {unknown}: choose from {list(MODELS)}")
+    else:
+        sys.path.insert(0, ROOT)
+        from fairseq_bahdanau.precision import fast_bfloat16_cpu
+
+        names = list(MODELS)
+        if not fast_bfloat16_cpu():
+            names = [name for name in names if "--autocast-bf16" not in MODELS[name]]
+            logger.info("this CPU has no fast bfloat16 matrix products: the --autocast-bf16 model is left out")
     gflops = matmul_gflops()
-    names = args.models.split(",")
     results: Dict[str, Dict[str, float]] = {}
     rounds: Dict[str, List[float]] = {name: [] for name in names}
     for round_ in range(max(1, args.rounds)):

@@ -76,12 +76,20 @@ case "$CONFIG" in
   *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay or lstm)" >&2; exit 1 ;;
 esac
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})  # (the guarded form: bash before 4.4 calls an empty array unbound)
+if [[ " ${ARGS[*]} " == *" --autocast-bf16 "* ]]; then  # generic bfloat16 code is many times slower than float32
+  fast=$(python -c "from fairseq_bahdanau.precision import fast_bfloat16_cpu as f; print(f())" 2>/dev/null || true)
+  if [ "$fast" = False ]; then
+    echo "error: $CONFIG trains under --autocast-bf16, but this CPU has no fast bfloat16 matrix products (they need" \
+         "AVX-512 or AMX) and would train many times slower than in float32: train best instead" >&2
+    exit 1
+  fi
+fi
 
 mkdir -p "$SAVE"
 echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]}"
 start=$(date +%s)
-# The console shows only the epoch summaries; on failure, the end of train.log, which has the whole output.
+# The console shows the epoch summaries and warnings; on failure, the end of train.log (the whole output).
 fairseq-train "$DATA" "${COMMON[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE/train.log" \
-  | { grep --line-buffered -E "\| (train|valid) \| epoch|done training" || true; } \
+  | { grep --line-buffered -E "\| (train|valid) \| epoch|done training|\| WARNING \|" || true; } \
   || { echo "error: fairseq-train failed; the end of $SAVE/train.log:" >&2; tail -20 "$SAVE/train.log" >&2; exit 1; }
 echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$SAVE/train.log"
