@@ -50,7 +50,8 @@ def cast(tensor: Tensor) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def fast_bfloat16_cpu() -> bool:
     """Whether this CPU has fast bfloat16 matrix products: oneDNN's bfloat16 kernels, which need AVX-512 (native
-    with AVX512-BF16) or AMX on x86, or BF16 instructions on ARM."""
+    with AVX512-BF16) or AMX on x86, or BF16 instructions on ARM. A torch built without oneDNN is asked about
+    AVX512-BF16 alone."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
@@ -58,8 +59,9 @@ def fast_bfloat16_cpu() -> bool:
         return bool(supported is not None and supported())
 
 
-@functools.lru_cache(maxsize=None)  # once per process
+@functools.lru_cache(maxsize=None)
 def _warn_slow_bfloat16() -> None:
+    """Log the warning for ``--autocast-bf16`` on a CPU without fast bfloat16, once per process (the cache)."""
     logger.warning(
         "--autocast-bf16: this CPU has no fast bfloat16 matrix products (oneDNN's bfloat16 kernels need AVX-512 "
         "or AMX), so they run many times slower than float32 here: train without --autocast-bf16"

@@ -250,14 +250,26 @@ def test_autocast_bf16_refuses_other_devices():
             pass
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-bf16-cpu", "slow-bf16-cpu"])
-def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, monkeypatch, caplog):
-    """On a CPU without fast bfloat16 matrix products (e.g. AVX2 alone) the flag warns, once, that it slows
-    training down; on one with them it says nothing."""
+@pytest.fixture
+def precision_module():
+    """fairseq_bahdanau.precision with its warn-once and capability caches cleared before and after."""
     from fairseq_bahdanau import precision
 
+    def clear():
+        precision._warn_slow_bfloat16.cache_clear()
+        precision.fast_bfloat16_cpu.cache_clear()
+
+    clear()
+    yield precision
+    clear()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-bf16-cpu", "slow-bf16-cpu"])
+def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, precision_module, monkeypatch, caplog):
+    """On a CPU without fast bfloat16 matrix products (e.g. AVX2 alone) the flag warns, once, that it slows
+    training down; on one with them it says nothing."""
+    precision = precision_module
     monkeypatch.setattr(precision, "fast_bfloat16_cpu", lambda: fast)
-    precision._warn_slow_bfloat16.cache_clear()
     for _ in range(2):
         with caplog.at_level("WARNING", logger="fairseq_bahdanau.precision"):
             with precision.training_autocast(True, torch.empty(0)):
@@ -265,13 +277,25 @@ def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, monkeypatch, ca
     warnings = [r.getMessage() for r in caplog.records if r.name == "fairseq_bahdanau.precision"]
     assert len(warnings) == (0 if fast else 1)
     assert all("no fast bfloat16" in w and "train without --autocast-bf16" in w for w in warnings)
-    precision._warn_slow_bfloat16.cache_clear()
 
 
-def test_fast_bfloat16_cpu_matches_torch():
-    from fairseq_bahdanau.precision import fast_bfloat16_cpu
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "no-onednn"])
+def test_fast_bfloat16_cpu_asks_onednn_then_avx512_bf16(onednn, precision_module, monkeypatch):
+    """oneDNN's answer where torch has oneDNN; AVX512-BF16's where it has not (its query then fails)."""
 
-    assert fast_bfloat16_cpu() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    class NoOneDNN:
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: "avx512-bf16", raising=False)
+    if onednn:
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: "onednn")
+    else:
+        monkeypatch.setattr(torch.ops, "mkldnn", NoOneDNN())
+    assert precision_module.fast_bfloat16_cpu() is True  # bool() of the one it asked
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: "", raising=False)
+    precision_module.fast_bfloat16_cpu.cache_clear()
+    assert precision_module.fast_bfloat16_cpu() is (True if onednn else False)
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)

@@ -77,7 +77,8 @@ case "$CONFIG" in
 esac
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})  # (the guarded form: bash before 4.4 calls an empty array unbound)
 if [[ " ${ARGS[*]} " == *" --autocast-bf16 "* ]]; then  # generic bfloat16 code is many times slower than float32
-  fast=$(python -c "from fairseq_bahdanau.precision import fast_bfloat16_cpu as f; print(f())" 2>/dev/null || true)
+  ask="from fairseq_bahdanau.precision import fast_bfloat16_cpu; print(fast_bfloat16_cpu())"
+  fast=$(python -c "$ask" 2>/dev/null | tail -n1 || true)
   if [ "$fast" = False ]; then
     echo "error: $CONFIG trains under --autocast-bf16, but this CPU has no fast bfloat16 matrix products (they need" \
          "AVX-512 or AMX) and would train many times slower than in float32: train best instead" >&2
