@@ -295,7 +295,7 @@ def test_fast_bfloat16_cpu_asks_onednn_then_avx512_bf16(onednn, precision_module
     assert precision_module.fast_bfloat16_cpu() is True  # bool() of the one it asked
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: "", raising=False)
     precision_module.fast_bfloat16_cpu.cache_clear()
-    assert precision_module.fast_bfloat16_cpu() is (True if onednn else False)
+    assert precision_module.fast_bfloat16_cpu() is onednn
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)

@@ -27,9 +27,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
 CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|lstm [fairseq-train options]}"
-shift
-EXTRA=("$@")
-for option in "${EXTRA[@]+"${EXTRA[@]}"}"; do
+shift  # what is left in "$@" goes to fairseq-train after the configuration's options
+for option in "$@"; do
   case "$option" in --save-dir|--save-dir=*)
     echo "error: train.sh chooses the checkpoint directory: set RUN_NAME instead of $option" >&2; exit 1 ;;
   esac
@@ -75,7 +74,7 @@ case "$CONFIG" in
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
   *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay or lstm)" >&2; exit 1 ;;
 esac
-ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})  # (the guarded form: bash before 4.4 calls an empty array unbound)
+ARGS+=("$@")
 if [[ " ${ARGS[*]} " == *" --autocast-bf16 "* ]]; then  # generic bfloat16 code is many times slower than float32
   ask="from fairseq_bahdanau.precision import fast_bfloat16_cpu; print(fast_bfloat16_cpu())"
   fast=$(python -c "$ask" 2>/dev/null | tail -n1 || true)
