@@ -60,6 +60,10 @@ for exactly that reason.
    training fails with ``AttributeError: 'NoneType' object has no attribute 'xla_device'``. Where ``torch_xla``
    is missing, ``--bf16`` now means what it means elsewhere in fairseq: the model and the batches in bfloat16 on
    the chosen device, with float32 master weights (fairseq's ``FP16Optimizer``).
+``fp16_on_cpu``
+   ``--fp16`` keeps its float32 master weights in one flat buffer that fairseq places on
+   ``torch.cuda.current_device()`` ("Torch not compiled with CUDA enabled" on a CPU-only torch). On CPU the
+   master weights are kept per parameter instead (fairseq's own ``--fp16-no-flatten-grads``).
 """
 
 import argparse
@@ -318,18 +322,24 @@ def prepare_launch(cfg) -> None:
         )
 
 
-def launch_on_cpu() -> Callable:
+def _fix_call_main(fix: Callable[[Any], None]) -> Callable:
+    """Wrap fairseq's launcher so that ``fix(cfg)`` adapts the configuration before it runs; returns what was
+    wrapped."""
     from fairseq.distributed import utils as distributed_utils
 
     original_fn = distributed_utils.call_main
 
     def call_main(cfg, main, **kwargs):
-        prepare_launch(cfg)
+        fix(cfg)
         return original_fn(cfg, main, **kwargs)
 
     call_main.__doc__ = original_fn.__doc__
     distributed_utils.call_main = call_main
     return original_fn
+
+
+def launch_on_cpu() -> Callable:
+    return _fix_call_main(prepare_launch)
 
 
 def die_with_torchrun() -> None:
@@ -379,20 +389,27 @@ def cpu_ddp() -> Callable:
     return original_fn
 
 
-def bf16_without_tpu() -> Callable:
+def bfloat16_on_this_device(cfg) -> None:
     from fairseq.distributed import utils as distributed_utils
 
-    original_fn = distributed_utils.call_main  # launch_on_cpu's, if applied first
+    if cfg.common.bf16 and cfg.common.tpu and distributed_utils.xm is None:
+        logger.info("--bf16 without torch_xla: bfloat16 on this device, not a TPU")
+        cfg.common.tpu = False
 
-    def call_main(cfg, main, **kwargs):
-        if cfg.common.bf16 and cfg.common.tpu and distributed_utils.xm is None:
-            logger.info("--bf16 without torch_xla: bfloat16 on this device, not a TPU")
-            cfg.common.tpu = False
-        return original_fn(cfg, main, **kwargs)
 
-    call_main.__doc__ = original_fn.__doc__
-    distributed_utils.call_main = call_main
-    return original_fn
+def bf16_without_tpu() -> Callable:
+    return _fix_call_main(bfloat16_on_this_device)
+
+
+def unflattened_fp16_on_cpu(cfg) -> None:
+    if cfg.common.fp16 and not cfg.common.memory_efficient_fp16 and _on_cpu(cfg) \
+            and not cfg.common.fp16_no_flatten_grads:
+        logger.info("--fp16 on CPU: float32 master weights per parameter (--fp16-no-flatten-grads)")
+        cfg.common.fp16_no_flatten_grads = True
+
+
+def fp16_on_cpu() -> Callable:
+    return _fix_call_main(unflattened_fp16_on_cpu)
 
 
 #: Every patch, in the order it is applied.
@@ -406,6 +423,7 @@ PATCHES: List[Patch] = [
     Patch("die_with_torchrun", die_with_torchrun),
     Patch("cpu_ddp", cpu_ddp),
     Patch("bf16_without_tpu", bf16_without_tpu),
+    Patch("fp16_on_cpu", fp16_on_cpu),
 ]
 
 

@@ -383,19 +383,6 @@ def test_teacher_forcing_ratio_feeds_predictions():
     assert not torch.allclose(free, reference_forced)
 
 
-def test_batching_keeps_every_example():
-    """compat.py: fairseq-fixed's batch_by_size would drop the tail that is not a multiple of 8."""
-    import numpy as np
-    from fairseq.data import data_utils
-
-    indices = np.random.RandomState(0).permutation(1014).astype(np.int64)
-    sizes = np.random.RandomState(1).randint(1, 30, 1014).astype(np.int64)
-    for kwargs in ({"max_tokens": 4000}, {"max_sentences": 50}):
-        batches = data_utils.batch_by_size(indices, lambda i: sizes[i], required_batch_size_multiple=8,
-                                           num_tokens_vec=sizes[indices], **kwargs)
-        assert np.array_equal(np.concatenate(batches), indices)
-
-
 def test_tutorial_formulation_agrees_with_the_fast_model():
     """The benchmark's naive baseline computes the same function as the fast model."""
     model = build_model("bahdanau_gru", encoder_hidden_size=24, decoder_hidden_size=20, encoder_embed_dim=12,

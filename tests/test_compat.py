@@ -1,0 +1,232 @@
+"""compat.py, patch by patch: what unpatched fairseq (or torch) still does, and what the patch makes of it.
+
+Each "unpatched" test calls what the patch replaced (``compat.original(name)``) and shows the problem is still
+there. The day one of them fails, fairseq (or torch) has fixed that problem, and the patch can be dropped. The
+patched behaviour of the distributed and precision patches is proven end to end in test_launch.py and
+test_precision.py; the checkpoint patches in test_reliability.py.
+"""
+
+import argparse
+import inspect
+import io
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from fairseq_bahdanau import compat
+from helpers import USER_DIR
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="shows what fairseq does on a machine without CUDA")
+
+
+def training_cfg(*flags: str):
+    """fairseq-train's configuration for ``flags`` (nothing is read from the data directory)."""
+    args = options.parse_args_and_arch(
+        options.get_training_parser(), ["data-bin", "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", *flags])
+    return convert_namespace_to_omegaconf(args)
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """This process as torchrun's rank 1 of 2 on one node."""
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29999", WORLD_SIZE="2", RANK="1",
+                           LOCAL_RANK="1").items():
+        monkeypatch.setenv(key, value)
+
+
+def test_patches_are_named_applied_once_and_listed_in_one_log_line():
+    names = [patch.name for patch in compat.PATCHES]
+    assert len(set(names)) == len(names)
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
+            "import fairseq_bahdanau, importlib; importlib.reload(fairseq_bahdanau.compat); "
+            "from fairseq.distributed import utils; print('wrapped', utils.call_main.__code__.co_filename)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(USER_DIR)).stdout
+    lines = [line for line in out.splitlines() if "patched by fairseq_bahdanau.compat" in line]
+    assert len(lines) == 1 and lines[0].endswith(", ".join(names))  # the reload applied nothing twice
+    for name in names:
+        assert name in compat._originals()
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_unpatched_torch_load_refuses_fairseq_checkpoint_types(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"args": argparse.Namespace(arch="lstm")}, path)
+    allowed = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+            torch.load(path)
+    finally:
+        torch.serialization.add_safe_globals(allowed)
+    assert torch.load(path)["args"].arch == "lstm"  # patched: allow-listed
+
+
+def test_unpatched_batch_by_size_drops_the_tail_and_patched_keeps_it():
+    from fairseq.data import data_utils
+
+    indices = np.random.RandomState(0).permutation(1014).astype(np.int64)
+    sizes = np.random.RandomState(1).randint(1, 30, 1014).astype(np.int64)
+    for kwargs in ({"max_tokens": 4000}, {"max_sentences": 50}):
+        common = dict(required_batch_size_multiple=8, num_tokens_vec=sizes[indices], **kwargs)
+        unpatched = compat.original("keep_every_example")(indices, lambda i: sizes[i], **common)
+        assert sum(len(b) for b in unpatched) < len(indices)
+        batches = data_utils.batch_by_size(indices, lambda i: sizes[i], **common)
+        assert np.array_equal(np.concatenate(batches), indices)
+
+
+def test_unpatched_checkpoint_copy_is_not_atomic_and_patched_copy_cleans_up(tmp_path, monkeypatch):
+    from fairseq.file_io import PathManager
+
+    src, dst = tmp_path / "checkpoint3.pt", tmp_path / "checkpoint_last.pt"
+    src.write_bytes(b"new" * 1000)
+
+    def crashing_copy(a, b):
+        with open(b, "wb") as f:
+            f.write(b"ne")  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", crashing_copy)
+    dst.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        compat.original("atomic_checkpoint_copies")(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"ne"  # unpatched: the old checkpoint is gone, the new one truncated
+    dst.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == sorted([dst.name, src.name])
+
+
+def test_unpatched_loading_of_a_damaged_checkpoint_raises_whatever_the_unpickler_hit(tmp_path):
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(Exception) as unpatched:
+        compat.original("clear_checkpoint_errors")(str(path))
+    assert not isinstance(unpatched.value, compat.CheckpointError) and str(path) not in str(unpatched.value)
+    from fairseq import checkpoint_utils
+
+    with pytest.raises(compat.CheckpointError, match="truncated or corrupt"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+def test_unpatched_broadcast_of_a_checkpoint_state_fails_under_weights_only():
+    """Rank 0 broadcasts the loaded state with torch.save; the other ranks torch.load it (weights_only)."""
+    from fairseq.distributed import utils as distributed_utils
+
+    assert "torch.load(buffer" in inspect.getsource(compat.original("broadcast_checkpoint_state"))
+    cfg = training_cfg("--cpu")
+    tensors = []
+    sent = distributed_utils._split_tensors_from_obj({"cfg": cfg, "model": {"w": torch.ones(2)}}, tensors)
+    buffer = io.BytesIO()
+    torch.save(sent, buffer)
+    with pytest.raises(pickle.UnpicklingError, match="omegaconf"):
+        torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    with torch.serialization.safe_globals(compat.broadcast_globals()):  # what the patch allows, for this load only
+        received = torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    assert received["cfg"].model._name == "bahdanau_gru_tiny"
+
+
+@no_cuda
+def test_unpatched_torchrun_launch_divides_by_the_gpu_count_or_trains_alone(torchrun_env):
+    from fairseq.distributed import utils as distributed_utils
+
+    cfg = training_cfg("--cpu", "--distributed-world-size", "2")
+    with pytest.raises(ZeroDivisionError):
+        distributed_utils.infer_init_method(cfg.distributed_training)
+    cfg = training_cfg("--cpu")  # no --distributed-world-size: every process would train alone
+    distributed_utils.infer_init_method(cfg.distributed_training)
+    assert cfg.distributed_training.distributed_init_method is None
+    assert cfg.distributed_training.distributed_world_size == 1
+
+
+def test_patched_torchrun_launch_takes_torchrun_world_and_gloo(torchrun_env, caplog):
+    for flags, warned in (([], False), (["--distributed-world-size", "4"], True)):
+        cfg = training_cfg("--cpu", *flags)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.compat"):
+            compat.prepare_launch(cfg)
+        dt = cfg.distributed_training
+        assert (dt.distributed_world_size, dt.distributed_rank, dt.device_id) == (2, 1, 1)
+        assert dt.distributed_init_method == "env://" and dt.distributed_no_spawn
+        assert dt.distributed_backend == "gloo"
+        assert any("disagrees" in r.message for r in caplog.records) == warned
+
+
+@no_cuda
+def test_unpatched_spawn_on_cpu_fails_on_device_count_and_patched_names_torchrun():
+    from fairseq.distributed import utils as distributed_utils
+
+    cfg = training_cfg("--cpu", "--distributed-world-size", "2")
+    with pytest.raises(AssertionError, match="0 available devices"):
+        distributed_utils.infer_init_method(cfg.distributed_training)
+    cfg = training_cfg("--cpu", "--distributed-world-size", "2")
+    with pytest.raises(compat.LaunchError, match="torchrun --nproc_per_node 2"):
+        compat.prepare_launch(cfg)
+
+
+def test_torchrun_still_starts_workers_in_sessions_of_their_own():
+    """Why die_with_torchrun exists: a SIGKILLed launcher's workers are in no process group of its own."""
+    from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler
+
+    assert "start_new_session" in inspect.getsource(subprocess_handler.SubprocessHandler._popen)
+
+
+def test_unpatched_ddp_wrapper_refuses_a_cpu_model_and_patched_wraps_it(tmp_path):
+    import torch.distributed as dist
+
+    from fairseq.models import DistributedFairseqModel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        args = training_cfg("--cpu").distributed_training
+        args.device_id = 0
+        with pytest.raises(ValueError, match="device_ids"):
+            compat.original("cpu_ddp")(args, torch.nn.Linear(2, 2), dist.group.WORLD, torch.device("cpu"))
+        wrapped = DistributedFairseqModel(args, torch.nn.Linear(2, 2), dist.group.WORLD, torch.device("cpu"))
+        assert isinstance(wrapped.module, torch.nn.parallel.DistributedDataParallel)
+        wrapped(torch.ones(1, 2)).sum().backward()
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+def test_unpatched_bf16_means_tpu_and_patched_means_this_device():
+    from fairseq import utils
+
+    cfg = training_cfg("--cpu", "--bf16")
+    assert cfg.common.tpu  # fairseq: "--bf16 implies --tpu"
+    with pytest.raises(AttributeError, match="xla_device"):
+        utils.get_tpu_device()  # where the unpatched trainer goes without torch_xla
+    compat.bfloat16_on_this_device(cfg)
+    assert cfg.common.bf16 and not cfg.common.tpu
+
+
+@no_cuda
+def test_unpatched_fp16_optimizer_puts_its_master_weights_on_a_gpu_and_patched_does_not():
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    cfg = training_cfg("--cpu", "--fp16")
+    params = [torch.nn.Parameter(torch.ones(3, dtype=torch.float16))]
+    with pytest.raises((AssertionError, RuntimeError)):
+        FP16Optimizer.build_fp32_params(cfg.distributed_training, params, flatten=True)
+    compat.unflattened_fp16_on_cpu(cfg)
+    assert cfg.common.fp16_no_flatten_grads
+    master = FP16Optimizer.build_fp32_params(cfg.distributed_training, params, flatten=False)
+    assert master[0].dtype == torch.float32
