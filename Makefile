@@ -4,7 +4,7 @@ VENV   := .venv
 PIP    := $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test benchmark gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ test: setup
 
 benchmark: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/benchmark/run.sh
+
+# On a CUDA machine: GPU tests and the benchmark in float32, --amp and --fp16. GPU_PYTHON: a Python whose torch
+# is a CUDA build, with fairseq installed (this Makefile's own set-up pins the CPU build).
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHON="$(GPU_PYTHON)" bash examples/gpu/check.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -16,6 +16,10 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
   process's baseline), and the process's peak resident memory (``ru_maxrss``) with its growth during training;
 * generation: sentences/s with beam 5 and greedy (beam 1), batch 128, on the test split.
 
+``--device cuda`` measures the same on a GPU (tensor memory: the allocator's peak), in float32 or, with
+``--precision amp`` / ``fp16``, as fairseq's ``--amp`` (float16 autocast) / ``--fp16`` (the whole model in float16)
+train (`make gpu-check` runs all three).
+
 Models: ``bahdanau_gru`` (the notebook's configuration), fairseq's ``lstm`` at matched sizes (embeddings 256,
 bidirectional 512 encoder, 512 decoder, out-embed 256) beside ``bahdanau_gru`` with the same bottleneck
 (``--decoder-out-embed-dim 256``) and dropout, the same trained under bfloat16 autocast (``--autocast-bf16``;
@@ -59,15 +63,24 @@ BASELINE = "lstm (matched)"
 logger = logging.getLogger("benchmark")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+def synchronize(device: str) -> None:
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    import torch
+
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(2):
         torch.mm(a, b)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         torch.mm(a, b)
+    synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -75,12 +88,20 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def step_peak_mb(step) -> float:
+def step_peak_mb(step, device: str = "cpu") -> float:
     """Peak of live tensor memory (MB) while ``step()`` runs, above what was live before: each operator's own
     allocations count from its start, its frees from its end (so the figure errs high; a temporary made and freed
     inside one operator's own code is not seen)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
+    if device == "cuda":  # the allocator's own peak, above what was live before
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     changes = []
@@ -107,23 +128,32 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import reference  # noqa: E402  (the naive formulation)
 
+    from fairseq import utils
+
     torch.manual_seed(1)
-    flags = [args.data, "--user-dir", USER_DIR, "--task", "translation", "--cpu", *MODELS[name]]
+    device = args.device
+    flags = [args.data, "--user-dir", USER_DIR, "--task", "translation", *MODELS[name]]
+    if device == "cpu":
+        flags.append("--cpu")
     if args.source_lang:
         flags += ["--source-lang", args.source_lang, "--target-lang", args.target_lang]
     cfg = options.parse_args_and_arch(options.get_training_parser(), flags)
     task = tasks.setup_task(cfg)
-    model = task.build_model(cfg)
+    model = task.build_model(cfg).to(device)
+    if args.precision == "fp16":  # fairseq's --fp16: the whole model in float16
+        model = model.half()
     params = sum(p.numel() for p in model.parameters())
     naive = name.startswith("naive")
     pad = task.target_dictionary.pad()
 
     def loss_of(sample) -> "torch.Tensor":
         net = sample["net_input"]
-        if naive:
-            logits = reference.tutorial_forward(model, net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
-        else:
-            logits = model(**net)[0]
+        with torch.autocast("cuda", dtype=torch.float16, enabled=args.precision == "amp"):  # fairseq's --amp
+            if naive:
+                logits = reference.tutorial_forward(model, net["src_tokens"], net["src_lengths"],
+                                                    net["prev_output_tokens"])
+            else:
+                logits = model(**net)[0]
         return torch.nn.functional.cross_entropy(  # in float32 (the logits are bfloat16 under --autocast-bf16)
             logits.float().view(-1, logits.size(-1)), sample["target"].view(-1), ignore_index=pad, reduction="sum"
         )
@@ -134,6 +164,8 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
         required_batch_size_multiple=1,
     ).next_epoch_itr(shuffle=True)
     samples = [next(batches) for _ in range(args.warmup + args.steps)]
+    if device == "cuda":
+        samples = [utils.move_to_cuda(sample) for sample in samples]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
@@ -148,10 +180,12 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     loaded = rss_mb()
     tokens, elapsed = 0, 0.0
     for i, sample in enumerate(samples):
+        synchronize(device)
         start = time.perf_counter()
         loss_of(sample).backward()
         optimizer.step()
         optimizer.zero_grad()
+        synchronize(device)
         if i >= args.warmup:
             elapsed += time.perf_counter() - start
             tokens += sample["ntokens"]
@@ -168,7 +202,7 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
         "params": params,
         "train_tok_s": tokens / elapsed,
         "flops_per_token": flops_per_token,
-        "step_peak_mb": step_peak_mb(train_step),
+        "step_peak_mb": step_peak_mb(train_step, device),
         "peak_rss_mb": peak_rss,
         "train_mem_growth_mb": growth,
     }
@@ -185,13 +219,16 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
             sentences, start = 0, time.perf_counter()
             with torch.no_grad():
                 for sample in itr:
+                    if device == "cuda":
+                        sample = utils.move_to_cuda(sample)
                     generator.generate([model], sample)
                     sentences += sample["nsentences"]
+            synchronize(device)
             result[key] = sentences / (time.perf_counter() - start)
     return result
 
 
-def table(results: Dict[str, Dict[str, float]], gflops: float) -> str:
+def table(results: Dict[str, Dict[str, float]], gflops: float, device: str = "cpu") -> str:
     base = results.get(BASELINE, {})
 
     def ratio(name: str, key: str) -> str:
@@ -204,7 +241,8 @@ def table(results: Dict[str, Dict[str, float]], gflops: float) -> str:
         return "-" if value is None else format(value, spec)
 
     lines = [
-        f"fp32 matrix multiply (2048^2 torch.mm, {__import__('torch').get_num_threads()} threads): {gflops:.0f} GFLOP/s",
+        f"fp32 matrix multiply (2048^2 torch.mm, {device}"
+        f"{'' if device == 'cuda' else ', %d threads' % __import__('torch').get_num_threads()}): {gflops:.0f} GFLOP/s",
         "",
         "| model | params | train tok/s | vs lstm | MFLOP/tok | % of matmul rate | step peak MB | vs lstm "
         "| peak RSS MB | train RSS growth MB | beam 5 sent/s | vs lstm | greedy sent/s | vs lstm |",
@@ -238,6 +276,11 @@ def main() -> None:
         help="measure training speed this many times, every model once per round; report the medians of the "
         "tokens/s and of each round's ratio to lstm (this machine's speed drifts between minutes)",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--precision", choices=["fp32", "amp", "fp16"], default="fp32",
+        help="on cuda: float32, float16 autocast (fairseq's --amp) or the whole model in float16 (--fp16)",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--throughput-only", action="store_true", help=argparse.SUPPRESS)
@@ -248,6 +291,8 @@ def main() -> None:
         json.dump(worker(args.worker, args), sys.stdout)
         return
 
+    if args.precision != "fp32" and args.device != "cuda":
+        parser.error("--precision amp/fp16 is measured on cuda (on CPU: the --autocast-bf16 model)")
     if args.models:
         names = args.models.split(",")
         unknown = [name for name in names if name not in MODELS]
@@ -258,10 +303,12 @@ def main() -> None:
         from fairseq_bahdanau.precision import fast_bfloat16_cpu
 
         names = list(MODELS)
-        if not fast_bfloat16_cpu():
+        if args.device == "cuda":  # --autocast-bf16 is CPU-only; on GPUs --precision amp is its counterpart
+            names = [name for name in names if "--autocast-bf16" not in MODELS[name]]
+        elif not fast_bfloat16_cpu():
             names = [name for name in names if "--autocast-bf16" not in MODELS[name]]
             logger.info("this CPU has no fast bfloat16 matrix products: the --autocast-bf16 model is left out")
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(device=args.device)
     results: Dict[str, Dict[str, float]] = {}
     rounds: Dict[str, List[float]] = {name: [] for name in names}
     for round_ in range(max(1, args.rounds)):
@@ -281,7 +328,7 @@ def main() -> None:
             paired = [mine / base for mine, base in zip(rounds[name], rounds[BASELINE])]
             results[name]["train_ratio"] = statistics.median(paired)
         results[name]["train_tok_s_rounds"] = rounds[name]
-    report = table(results, gflops)
+    report = table(results, gflops, args.device)
     report += "\n\ntraining tokens/s in each round: " + "; ".join(
         f"{name} {', '.join(f'{v:.0f}' for v in rounds[name])}" for name in names
     )
