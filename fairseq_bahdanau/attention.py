@@ -4,7 +4,8 @@ Two families, one interface. Every module splits its work in two:
 
 * ``precompute(values) -> keys``: whatever depends only on the source sentence, done once per sentence
   (``U h_j`` for additive attention, ``W_a h_j`` for general attention) and cached by the decoder;
-* ``forward(query, keys, values, mask_bias) -> (context, weights)``: the per-step part.
+* ``forward(query, keys, values, mask_bias) -> (context, weights)``: the per-step part (``AdditiveAttention.attend``
+  does it from a query the decoder has already projected, with its GRU's hidden gates).
 
 Shapes: ``B`` batch, ``S`` source length, ``C`` annotation size (2 x encoder hidden), ``A`` attention size,
 ``Q`` query size (decoder hidden). The source-side tensors (keys, values, mask) may hold one row per *group* of
@@ -83,11 +84,9 @@ class AdditiveAttention(nn.Module):
     ``c_i = sum_j alpha_ij h_j`` (eq. 5). The query is the decoder state *before* the step.
     """
 
-    #: the query is the decoder state before the GRU update (s_{i-1})
-    query_is_previous_state = True
-
     def __init__(self, query_dim: int, value_dim: int, attention_dim: int) -> None:
         super().__init__()
+        self.attention_dim = attention_dim
         self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)  # W_a
         self.key_proj = nn.Linear(value_dim, attention_dim, bias=True)  # U_a (and the MLP's bias)
         self.v = nn.Parameter(torch.empty(attention_dim))  # v_a
@@ -137,8 +136,6 @@ class LuongAttention(nn.Module):
     feeding, the next step. The query is the decoder state *after* the step.
     """
 
-    query_is_previous_state = False
-
     def __init__(self, query_dim: int, value_dim: int, kind: str) -> None:
         super().__init__()
         if kind not in ("dot", "general"):
@@ -168,10 +165,3 @@ class LuongAttention(nn.Module):
     def attentional_state(self, context: Tensor, query: Tensor) -> Tensor:
         """``~s_t = tanh(W_c [c_t; s_t] + b_c)``: B x C, B x Q -> B x Q."""
         return torch.tanh(self.combine(torch.cat([context, query], dim=1)))
-
-
-def build_attention(kind: str, query_dim: int, value_dim: int, attention_dim: int) -> nn.Module:
-    """The attention module for ``--attention-type kind``."""
-    if kind == "additive":
-        return AdditiveAttention(query_dim, value_dim, attention_dim or query_dim)
-    return LuongAttention(query_dim, value_dim, kind)

@@ -272,14 +272,7 @@ def _slurm() -> bool:
 
 
 def prepare_launch(cfg) -> None:
-    """Adapt ``cfg.distributed_training`` (in place) before fairseq's launcher reads it: see ``broadcast_checkpoint_state``
-   On resume, rank 0 loads the checkpoint and *broadcasts* its state to the other ranks through ``torch.save``
-   and ``torch.load`` (``distributed_utils._broadcast_object_slow``); under torch >= 2.6 the receiving ranks'
-   ``torch.load`` refuses the state's omegaconf configuration (``Unsupported global: omegaconf.dictconfig.
-   DictConfig``), so every data-parallel run fails to resume. The receiving side now allows exactly the types
-   such a state holds (:data:`BROADCAST_GLOBALS`), for that load only; the bytes come from rank 0 of the same
-   job, which read the file under the checkpoint allow-list.
-``launch_on_cpu``."""
+    """Adapt ``cfg.distributed_training`` (in place) before fairseq's launcher reads it: see ``launch_on_cpu``."""
     dt = cfg.distributed_training
     if dt.distributed_init_method is not None or cfg.common.tpu:
         if _on_cpu(cfg) and dt.distributed_init_method is not None and not dt.distributed_no_spawn \

@@ -1,23 +1,31 @@
-"""The attention GRU decoder (Bahdanau et al. 2015, Section 3.1 and Appendix A.2.2; Luong et al. 2015, Section 3).
+"""The attention GRU decoders (Bahdanau et al. 2015, Section 3.1 and Appendix A.2.2; Luong et al. 2015, Section 3).
 
-Additive attention (the paper), for target step i with previous state ``s_{i-1}`` and input token ``y_{i-1}``:
+One step loop, two attention families, each a subclass of ``AttentionGRUDecoder`` that says what differs:
+
+| family | attention runs | with the query | the first GRU layer is fed | the output layer reads |
+|---|---|---|---|---|
+| ``AdditiveGRUDecoder`` (the paper) | before the GRU update | ``s_{i-1}`` | ``[E y_{i-1}; c_i]`` | ``[s_i; c_i; E y_{i-1}]`` |
+| ``LuongGRUDecoder`` (dot, general) | after the GRU update | ``s_t`` | ``[E y_{t-1}; ~s_{t-1}]`` | ``~s_t`` |
+
+Additive attention, for target step i:
 
     c_i   = sum_j alpha_ij h_j,  alpha_ij = softmax_j(v^T tanh(W s_{i-1} + U h_j))       (eqs. 5-7)
     s_i   = GRU([E y_{i-1}; c_i], s_{i-1})                                                   (eq. 4, A.2.2)
     t_i   = deep_output([s_i; c_i; E y_{i-1}])  ->  p(y_i | y_<i, x) = softmax(W_o t_i)     (eq. 4; A.2.2)
 
-Dot / general attention (Luong), with input feeding of the attentional state ``~s``:
+Dot / general attention, with input feeding of the attentional state ``~s``:
 
     s_t   = GRU([E y_{t-1}; ~s_{t-1}], s_{t-1});  c_t from score(s_t, h_j);
     ~s_t  = tanh(W_c [c_t; s_t] + b_c)  ->  p(y_t | y_<t, x) = softmax(W_o deep_output(~s_t))
 
 Everything that does not depend on the previous step is kept out of the step loop: the attention keys (once per
 sentence, cached across incremental steps), the embedding part of the first GRU layer's input gates (one matrix
-multiply for all steps) and the whole output layer (applied once after the loop). Teacher forcing with a ratio
-below 1 is the only mode that needs the output layer inside the loop.
+multiply for all steps) and the whole output layer (applied once after the loop). Scheduled feeding
+(``--teacher-forcing-ratio`` below 1) is the only mode that needs the output layer inside the loop: it runs the
+same loop with a hook that chooses each next input (``ScheduledFeeding``).
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,30 +33,26 @@ from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
 from . import deferred, precision
-from .attention import build_attention, padding_bias
-from .dropout import drop_words, dropout
-from .encoder import EncoderOut, build_embedding, row_copies
+from .attention import AdditiveAttention, LuongAttention, padding_bias
+from .dropout import Dropout, drop_words
+from .encoder import EncoderOut, block_owners, build_embedding, row_copies
+from .gru import FedGRUCell, gru_update
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
-def gru_update(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
-    """One GRU update from precomputed gates, with ``torch.nn.GRUCell``'s equations and weight layout.
-
-    ``r = sigmoid(W_ir x + U_r h)``, ``z = sigmoid(W_iz x + U_z h)``, ``n = tanh(W_in x + r * (U_n h))``,
-    ``h' = (1 - z) * n + z * h``. input_gates: B x 3H (``W_i x + b_i``), hidden_gates: B x 3H (``U h + b_h``),
-    hidden: B x H -> B x H.
-    """
-    i_r, i_z, i_n = input_gates.chunk(3, dim=1)
-    h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
-    reset = torch.sigmoid(i_r + h_r)
-    update = torch.sigmoid(i_z + h_z)
-    candidate = torch.tanh(i_n + reset * h_n)
-    return candidate + update * (hidden - candidate)
-
-
 def _select(cache: Dict[str, Optional[Tensor]], order: Tensor) -> Dict[str, Optional[Tensor]]:
     return {k: (None if v is None else v.index_select(0, order)) for k, v in cache.items()}
+
+
+class Source(NamedTuple):
+    """What depends only on the source sentence, computed once per sentence (``_source``).
+
+    Rows may be one per group of hypotheses that share a sentence (beam search; see attention.py)."""
+
+    keys: Tensor  # B x S x A: the attention's precomputed part
+    values: Tensor  # B x S x V: what the attention weights sum (the annotations, possibly extended)
+    mask_bias: Tensor  # B x S: 0, or -inf at padding
 
 
 class StepWeights(NamedTuple):
@@ -57,20 +61,55 @@ class StepWeights(NamedTuple):
     ``hidden_weight`` is the first layer's ``W_hh``, stacked with the additive attention's query projection ``W_a``
     when both read the same state (one decoder layer), so that one matrix multiply per step gives both the GRU's
     hidden gates and the attention query. The tapes (see ``deferred``) collect the per-step factors of the
-    gradients of the hidden weight, the feed weight and the attention values in a teacher-forced forward.
+    gradients of the hidden weight, the feed weight and the attention values in a multi-step forward.
     """
 
-    feed_weight: Tensor  # 3H x H: the ~s_{t-1} part of the first layer's input weights (Luong)
     hidden_weight: Tensor  # 3H (+ A) x H
     hidden_bias: Tensor  # 3H (+ A)
     fused_query: bool
+    feed_weight: Optional[Tensor] = None  # 3H x H: the ~s_{t-1} part of the first layer's input weights (Luong)
     feed_tape: Optional[deferred.Tape] = None
     hidden_tape: Optional[deferred.Tape] = None
     values_tape: Optional[deferred.Tape] = None
 
 
-class BahdanauGRUDecoder(FairseqIncrementalDecoder):
-    """GRU decoder with additive (default) or Luong attention, a deep output layer and incremental decoding."""
+class State(NamedTuple):
+    """The recurrent state between steps."""
+
+    hidden: List[Tensor]  # one B x H tensor per layer
+    feed: Optional[Tensor]  # Luong's ~s_{t-1} (B x H); None for additive attention
+
+
+class Step(NamedTuple):
+    """One step's results."""
+
+    state: State
+    output: Tensor  # B x H: s_i (additive) or ~s_t (Luong)
+    context: Optional[Tensor]  # B x C: c_i, which the additive output layer reads; None for Luong
+    attn: Tensor  # B x S
+
+
+class Run(NamedTuple):
+    """A run of T steps."""
+
+    outputs: Tensor  # B x T x H
+    contexts: Optional[Tensor]  # B x T x C (additive) or None
+    attn: Tensor  # B x T x S
+    state: State  # after the last step
+    inputs: Tensor  # B x T x E: the embeddings that were fed (with scheduled feeding, some are predictions')
+
+
+#: A next-input hook: (step index t, step t's results, its input embedding B x E) -> the embedding to feed at
+#: step t + 1 (B x E). Without one, the loop feeds the given (teacher-forced) embeddings.
+NextInput = Callable[[int, Step, Tensor], Tensor]
+
+
+class AttentionGRUDecoder(FairseqIncrementalDecoder):
+    """GRU decoder with attention, a deep output layer and incremental decoding: the step loop and everything
+    the attention families share. Subclasses say what differs (see the module docstring)."""
+
+    #: ``--attention-type`` values a subclass implements
+    attention_types: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -79,7 +118,7 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         hidden_size: int,
         num_layers: int,
         encoder_output_dim: int,
-        attention_type: str = "additive",
+        attention_type: str,
         attention_dim: int = 0,
         out_embed_dim: int = 0,
         output_activation: str = "linear",
@@ -90,7 +129,8 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         word_dropout: float = 0.0,
     ) -> None:
         super().__init__(dictionary)
-        self.dropout = dropout
+        self.attention_type = attention_type
+        self.dropout_module = Dropout(dropout, module_name=type(self).__name__)
         self.word_dropout = word_dropout
         self.embed_dim = embed_dim
         self.hidden_size = hidden_size
@@ -101,18 +141,12 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         self.output_activation = output_activation
 
         self.embed_tokens = build_embedding(dictionary, embed_dim)
-        self.attention = build_attention(attention_type, hidden_size, encoder_output_dim, attention_dim)
-        self.additive = attention_type == "additive"
-        # What the first layer reads beside the embedding: the context c_i (additive) or ~s_{t-1} (Luong).
-        self.feed_dim = encoder_output_dim if self.additive else hidden_size
+        self.attention = self._build_attention(attention_dim)
         self.layers = nn.ModuleList(
-            [
-                nn.GRUCell(embed_dim + self.feed_dim if i == 0 else hidden_size, hidden_size)
-                for i in range(num_layers)
-            ]
+            [FedGRUCell(embed_dim, self._feed_dim(), hidden_size)]
+            + [nn.GRUCell(hidden_size, hidden_size) for _ in range(num_layers - 1)]
         )
-        # The output layer reads [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong).
-        features_dim = hidden_size + encoder_output_dim + embed_dim if self.additive else hidden_size
+        features_dim = self._features_dim()
         if out_embed_dim > 0:
             width = 2 * out_embed_dim if output_activation == "maxout" else out_embed_dim
             self.deep_output: Optional[nn.Linear] = nn.Linear(features_dim, width)
@@ -126,6 +160,41 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                     "--share-decoder-input-output-embed needs --decoder-out-embed-dim == --decoder-embed-dim"
                 )
             self.output_projection.weight = self.embed_tokens.weight
+
+    # ------------------------------------------------------------------ what a family defines
+
+    def _build_attention(self, attention_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _feed_dim(self) -> int:
+        """Size of what the first GRU layer reads beside the embedding."""
+        raise NotImplementedError
+
+    def _features_dim(self) -> int:
+        """Size of the output layer's input."""
+        raise NotImplementedError
+
+    def _values(self, annotations: Tensor) -> Tensor:
+        """What the attention weights sum, from the annotations (B x S x C), once per sentence."""
+        return annotations
+
+    def _initial_feed(self, hidden: Tensor) -> Optional[Tensor]:
+        """The first step's feed, for a batch whose initial state is ``hidden`` (B x L x H)."""
+        return None
+
+    def _weights(self, steps: int) -> StepWeights:
+        """The step's weights, for ``steps`` steps (see ``_step_weights``)."""
+        first = self.layers[0]
+        return StepWeights(first.weight_hh, first.bias_hh, fused_query=False)
+
+    def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
+        """One decoder step for the batch. emb_gates: B x 3H, the embedding part of the first layer's input gates
+        (with its bias)."""
+        raise NotImplementedError
+
+    def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
+        """The output layer's input, B x T x F, from the steps' outputs, contexts and input embeddings."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ fairseq interface
 
@@ -146,26 +215,25 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
             incremental_state: fairseq's per-generation cache, or None for a full forward.
             features_only: return the output layer's input features (B x T x F) instead of logits.
         Returns:
-            logits B x T x V and ``{"attn": [B x T x S]}``.
+            logits B x T x V (or features) and ``{"attn": [B x T x S]}``.
         """
         assert encoder_out is not None, "the decoder needs encoder_out"
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
-        keys, values, mask_bias = self._source_cache(encoder_out, incremental_state)
-        hidden, feed = self._initial_state(encoder_out, incremental_state)
-
+        source = self._source(encoder_out, incremental_state)
+        state = self._initial_state(encoder_out, incremental_state)
         emb = self._embed(prev_output_tokens)
-        scheduled = self.training and self.teacher_forcing_ratio < 1.0
-        if scheduled and not features_only and incremental_state is None:
-            return self._forward_scheduled(emb, hidden, feed, keys, values, mask_bias)
-
-        outputs, feeds, attn, hidden, feed = self._run(emb, hidden, feed, keys, values, mask_bias)
+        scheduled = None
+        if self.training and self.teacher_forcing_ratio < 1.0 and incremental_state is None:
+            scheduled = ScheduledFeeding(self, emb)
+        run = self._run(emb, state, source, scheduled)
         if incremental_state is not None:
-            self._save_state(incremental_state, hidden, feed)
-        features = self._features(outputs, feeds, emb)
-        if features_only:
-            return features, {"attn": [attn]}
-        return self.output_layer(features), {"attn": [attn]}
+            self._save_state(incremental_state, run.state)
+        extra = {"attn": [run.attn]}
+        if scheduled is not None and not features_only:
+            return scheduled.logits(), extra  # the loop already applied the output layer
+        features = self._features(run.outputs, run.contexts, run.inputs)
+        return (features if features_only else self.output_layer(features)), extra
 
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         return self.forward(prev_output_tokens, encoder_out, incremental_state, features_only=True)
@@ -179,14 +247,14 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
                 x = x.view(*x.shape[:-1], -1, 2).amax(dim=-1)
             elif self.output_activation == "tanh":
                 x = torch.tanh(x)
-            x = dropout(x, self.dropout, self.training)
+            x = self.dropout_module(x)
         return self.output_projection(x)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Beam search: select and reorder every cached per-sentence tensor along its batch axis.
 
-        The source-side cache may hold one row per group of hypotheses that share a source sentence (see
-        ``_source_cache``); a reorder that keeps the groups together then selects groups, and any other reorder
+        The source cache may hold one row per group of hypotheses that share a source sentence (see
+        ``_source``); a reorder that keeps the groups together then selects groups, and any other reorder
         expands it to one row per hypothesis."""
         state = self.get_incremental_state(incremental_state, "state")
         if state is None:
@@ -194,11 +262,9 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
         source = self.get_incremental_state(incremental_state, "source")
         if source is not None:
             group = state["hidden"].size(0) // source["keys"].size(0)
-            owners = new_order // group  # the source row of every new hypothesis
-            if group > 1 and new_order.numel() % group == 0:
-                grouped = owners.view(-1, group)
-                if torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
-                    owners = grouped[:, 0]
+            owners = block_owners(new_order, group)
+            if owners is None:
+                owners = new_order // group  # one source row per hypothesis from now on
             if not torch.equal(owners, torch.arange(source["keys"].size(0), device=owners.device)):
                 self.set_incremental_state(incremental_state, "source", _select(source, owners))
         self.set_incremental_state(incremental_state, "state", _select(state, new_order))
@@ -208,206 +274,224 @@ class BahdanauGRUDecoder(FairseqIncrementalDecoder):
 
     # ------------------------------------------------------------------ the recurrence
 
-    def _source_cache(
-        self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """What depends only on the source, computed once per sentence and, in incremental decoding, cached for
-        all later steps: attention keys (B x S x A), values and the padding bias (B x S: 0, or -inf at padding).
-
-        Values are the annotations ``h_j`` (B x S x C). For additive attention they are extended to
-        ``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context part of the first GRU layer's input
-        weights: since ``W_c c_i = sum_j alpha_ij W_c h_j``, one weighted sum per step then gives both the context
-        ``c_i`` and its contribution to the GRU's input gates, instead of a C x 3H matrix multiply per step.
-        """
+    def _source(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> Source:
+        """The source side, computed once per sentence and, in incremental decoding, cached for all later steps.
+        With beam search's copies of a sentence in consecutive rows, one row per sentence is kept, so that the
+        source side is neither computed nor reordered per hypothesis."""
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "source")
             if cached is not None:
-                return cached["keys"], cached["values"], cached["mask_bias"]
-        values = encoder_out["encoder_out"][0].transpose(0, 1)
+                return Source(cached["keys"], cached["values"], cached["mask_bias"])
+        annotations = encoder_out["encoder_out"][0].transpose(0, 1)
         padding_mask = encoder_out["encoder_padding_mask"][0]
         copies = row_copies(encoder_out)
-        if incremental_state is not None and copies > 1:
-            # Beam search: keep one row per sentence (B*beam x S x C -> B x S x C), so that the source side is
-            # computed once per sentence and never copied when hypotheses are reordered.
-            values, padding_mask = values[::copies], padding_mask[::copies]
-        values = values.contiguous()
-        keys = self.attention.precompute(values)
-        if self.additive:
-            context_weight = self.layers[0].weight_ih[:, self.embed_dim :]
-            values = torch.cat([values, F.linear(values, context_weight)], dim=2)
+        if incremental_state is not None and copies > 1:  # B*beam x S x C -> B x S x C
+            annotations, padding_mask = annotations[::copies], padding_mask[::copies]
+        annotations = annotations.contiguous()
+        keys = self.attention.precompute(annotations)
+        values = self._values(annotations)
         keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
-        mask_bias = padding_bias(padding_mask, values.dtype)
+        source = Source(keys, values, padding_bias(padding_mask, values.dtype))
         if incremental_state is not None:
-            self.set_incremental_state(
-                incremental_state, "source", {"keys": keys, "values": values, "mask_bias": mask_bias}
-            )
-        return keys, values, mask_bias
+            self.set_incremental_state(incremental_state, "source", source._asdict())
+        return source
 
-    def _initial_state(
-        self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]
-    ) -> Tuple[Tensor, Tensor]:
-        """Hidden state B x L x H and Luong input feed B x H (zeros at the start; unused for additive)."""
+    def _initial_state(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> State:
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "state")
             if cached is not None:
-                return cached["hidden"], cached["feed"]
-        hidden = encoder_out["decoder_init"][0]
-        feed = hidden.new_zeros(hidden.size(0), self.hidden_size if not self.additive else 0)
-        return hidden, feed
+                return State(list(cached["hidden"].unbind(1)), cached.get("feed"))
+        hidden = encoder_out["decoder_init"][0]  # B x L x H
+        return State(list(hidden.unbind(1)), self._initial_feed(hidden))
 
-    def _save_state(self, incremental_state: IncrementalState, hidden: Tensor, feed: Tensor) -> None:
-        self.set_incremental_state(incremental_state, "state", {"hidden": hidden, "feed": feed})
+    def _save_state(self, incremental_state: IncrementalState, state: State) -> None:
+        cache: Dict[str, Optional[Tensor]] = {"hidden": torch.stack(state.hidden, dim=1)}  # B x L x H
+        if state.feed is not None:
+            cache["feed"] = state.feed
+        self.set_incremental_state(incremental_state, "state", cache)
 
-    def _step_weights(self, steps: int, values: Tensor) -> Tuple[StepWeights, Tensor]:
+    def _step_weights(self, steps: int, source: Source) -> Tuple[StepWeights, Source]:
         """Arrange the step's weights for ``steps`` steps (fusing costs a weight copy: worth it for many steps,
         not for the single step of an incremental call). For several steps under autograd, the weights and the
-        attention values (returned, to be read instead of ``values``) are shared through ``deferred`` tapes."""
-        first = self.layers[0]
-        feed_weight, hidden_weight, hidden_bias = first.weight_ih[:, self.embed_dim :], first.weight_hh, first.bias_hh
-        fused = self.additive and self.num_layers == 1 and steps > 1
-        if fused:
-            query_proj = self.attention.query_proj.weight
-            hidden_weight = torch.cat([hidden_weight, query_proj], dim=0)
-            hidden_bias = torch.cat([hidden_bias, hidden_bias.new_zeros(query_proj.size(0))])
+        attention values (in the returned source) are shared through ``deferred`` tapes."""
+        weights = self._weights(steps)
         # under autocast, cast once here rather than at every step (a no-op otherwise)
-        feed_weight, hidden_weight, hidden_bias = map(precision.cast, (feed_weight, hidden_weight, hidden_bias))
+        hidden_weight, hidden_bias = precision.cast(weights.hidden_weight), precision.cast(weights.hidden_bias)
+        feed_weight = None if weights.feed_weight is None else precision.cast(weights.feed_weight)
         if steps == 1:
-            return StepWeights(feed_weight, hidden_weight, hidden_bias, fused), values
+            return weights._replace(hidden_weight=hidden_weight, hidden_bias=hidden_bias, feed_weight=feed_weight), \
+                source
         hidden_weight, hidden_tape = deferred.share(hidden_weight)
         feed_tape = None
-        if not self.additive:
+        if feed_weight is not None:
             feed_weight, feed_tape = deferred.share(feed_weight)
-        values, values_tape = deferred.share(values)
-        weights = StepWeights(feed_weight, hidden_weight, hidden_bias, fused, feed_tape, hidden_tape, values_tape)
-        return weights, values
+        values, values_tape = deferred.share(source.values)
+        weights = StepWeights(hidden_weight, hidden_bias, weights.fused_query, feed_weight, feed_tape, hidden_tape,
+                              values_tape)
+        return weights, source._replace(values=values)
 
-    def _run(
-        self,
-        emb: Tensor,
-        hidden: Tensor,
-        feed: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        mask_bias: Tensor,
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Teacher-forced recurrence over all T steps.
+    def _run(self, emb: Tensor, state: State, source: Source, next_input: Optional[NextInput] = None) -> Run:
+        """The recurrence over the T positions of ``emb`` (B x T x E, the embedded input tokens).
 
-        Args:
-            emb: B x T x E embedded input tokens; hidden: B x L x H; feed: B x H (Luong) or B x 0;
-            keys, values, mask_bias: from ``_source_cache``.
-        Returns:
-            outputs B x T x H (s_i, or ~s_t for Luong), contexts B x T x C (additive; empty for Luong),
-            attention B x T x S, final hidden B x L x H, final feed.
-        """
+        Without ``next_input`` every step is fed its given embedding (teacher forcing, and incremental decoding),
+        and the embedding part of the first layer's input gates is computed for all steps at once. With it, step
+        t + 1 is fed what the hook returns after step t."""
         first = self.layers[0]
-        weights, values = self._step_weights(emb.size(1), values)
-        # The embedding part of the first layer's input gates, for every step at once.
-        emb_gates = F.linear(emb, first.weight_ih[:, : self.embed_dim], first.bias_ih)  # B x T x 3H
-        states = list(hidden.unbind(1))
-        outputs, contexts, attns = [], [], []
-        # unbind, not emb_gates[:, t]: the backward of one indexing per step would zero-fill B x T x 3H each time
-        for step_gates in emb_gates.unbind(1):
-            states, feed, output, context, attn = self._step(
-                step_gates, weights, states, feed, keys, values, mask_bias
-            )
-            outputs.append(output)
-            contexts.append(context)
-            attns.append(attn)
-        return (
-            torch.stack(outputs, dim=1),
-            torch.stack(contexts, dim=1),
-            torch.stack(attns, dim=1),
-            torch.stack(states, dim=1),
-            feed,
+        steps = emb.size(1)
+        weights, source = self._step_weights(steps, source)
+        given = emb.unbind(1)
+        if next_input is None:
+            # unbind, not [:, t]: the backward of one indexing per step would zero-fill B x T x 3H each time
+            all_gates = first.embedding_gates(emb).unbind(1)
+        outputs, contexts, attns, inputs = [], [], [], []
+        step_emb = given[0]
+        for t in range(steps):
+            gates = all_gates[t] if next_input is None else first.embedding_gates(step_emb)
+            step = self._step(gates, weights, state, source)
+            state = step.state
+            outputs.append(step.output)
+            contexts.append(step.context)
+            attns.append(step.attn)
+            inputs.append(step_emb)
+            if next_input is not None:
+                step_emb = next_input(t, step, step_emb)
+            elif t + 1 < steps:
+                step_emb = given[t + 1]
+        return Run(
+            outputs=torch.stack(outputs, dim=1),
+            contexts=None if contexts[0] is None else torch.stack(contexts, dim=1),
+            attn=torch.stack(attns, dim=1),
+            state=state,
+            inputs=emb if next_input is None else torch.stack(inputs, dim=1),
         )
 
-    def _step(
-        self,
-        emb_gates: Tensor,
-        weights: StepWeights,
-        states: List[Tensor],
-        feed: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        mask_bias: Tensor,
-    ) -> Tuple[List[Tensor], Tensor, Tensor, Tensor, Tensor]:
-        """One decoder step for the batch.
+    def _hidden_gates(self, state: State, weights: StepWeights) -> Tensor:
+        """``U s_{t-1} + b_h`` of the first layer (B x 3H; with the fused query B x (3H + A))."""
+        return deferred.linear(state.hidden[0], weights.hidden_weight, weights.hidden_bias, weights.hidden_tape)
 
-        Args:
-            emb_gates: B x 3H, the embedding part of the first layer's input gates (with its bias);
-            states: L tensors B x H; feed: B x H (Luong's ~s_{t-1}) or B x 0.
-        Returns:
-            new states, new feed, output (s_i or ~s_t, B x H), context (B x C; B x 0 for Luong), attention B x S.
-        """
-        hidden_gates = deferred.linear(states[0], weights.hidden_weight, weights.hidden_bias, weights.hidden_tape)
-        if self.additive:
-            # c_i from s_{i-1}, then s_i = GRU([E y_{i-1}; c_i], s_{i-1})
-            if weights.fused_query:
-                hidden_gates, query = hidden_gates.split(
-                    [3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size], dim=1
-                )
-            else:
-                query = self.attention.query_proj(states[-1])
-            # values are [h_j; W_c h_j]: the weighted sum gives [c_i; W_c c_i]
-            extended, attn = self.attention.attend(query, keys, values, mask_bias, weights.values_tape)
-            context, context_gates = extended.split([self.encoder_output_dim, 3 * self.hidden_size], dim=1)
-            input_gates = emb_gates + context_gates
-        else:
-            input_gates = emb_gates + deferred.linear(feed, weights.feed_weight, None, weights.feed_tape)
-        new_states = [gru_update(input_gates, hidden_gates, states[0])]
-        for layer, state in zip(self.layers[1:], states[1:]):
-            below = dropout(new_states[-1], self.dropout, self.training)
-            new_states.append(layer(below, state))
-        top = new_states[-1]
-        if self.additive:
-            return new_states, feed, top, context, attn
-        # Luong: attend with s_t, then ~s_t = tanh(W_c [c_t; s_t] + b_c) is both the output and the next feed.
-        context, attn = self.attention(top, keys, values, mask_bias, weights.values_tape)
-        attentional = self.attention.attentional_state(context, top)
-        return new_states, attentional, attentional, context[:, :0], attn
+    def _update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> List[Tensor]:
+        """``s_t = GRU(x_t, s_{t-1})`` through every layer (dropout between layers), from the first layer's gates."""
+        hidden = [gru_update(input_gates, hidden_gates, state.hidden[0])]
+        for layer, previous in zip(self.layers[1:], state.hidden[1:]):
+            hidden.append(layer(self.dropout_module(hidden[-1]), previous))
+        return hidden
 
     def _embed(self, tokens: Tensor) -> Tensor:
         """Input embeddings with word dropout and dropout: B x T -> B x T x E."""
         emb = drop_words(self.embed_tokens(tokens), self.word_dropout, self.training)
-        return dropout(emb, self.dropout, self.training)
+        return self.dropout_module(emb)
 
-    def _features(self, outputs: Tensor, contexts: Tensor, emb: Tensor) -> Tensor:
-        """The output layer's input: [s_i; c_i; E y_{i-1}] (additive) or ~s_t (Luong). B x T x F."""
-        outputs = dropout(outputs, self.dropout, self.training)
-        if self.additive:
-            return torch.cat([outputs, contexts, emb], dim=-1)
-        return outputs
 
-    def _forward_scheduled(
-        self,
-        emb: Tensor,
-        hidden: Tensor,
-        feed: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        mask_bias: Tensor,
-    ) -> Tuple[Tensor, Dict[str, List[Tensor]]]:
-        """Training with ``--teacher-forcing-ratio < 1``: at each step after the first, feed the reference token
-        with that probability and otherwise the model's own greedy prediction (one coin per step for the whole
-        batch, from torch's seeded generator, as in the reference notebook)."""
-        first = self.layers[0]
-        emb_weight = first.weight_ih[:, : self.embed_dim]
-        weights, values = self._step_weights(emb.size(1), values)
-        use_reference = torch.rand(emb.size(1)) < self.teacher_forcing_ratio
-        states = list(hidden.unbind(1))
-        logits, attns = [], []
-        steps = emb.unbind(1)
-        step_emb = steps[0]
-        for t in range(emb.size(1)):
-            if t > 0:
-                if use_reference[t]:
-                    step_emb = steps[t]
-                else:
-                    predicted = logits[-1].argmax(dim=-1)
-                    step_emb = self._embed(predicted.unsqueeze(1)).squeeze(1)
-            gates = F.linear(step_emb, emb_weight, first.bias_ih)
-            states, feed, output, context, attn = self._step(gates, weights, states, feed, keys, values, mask_bias)
-            features = self._features(output.unsqueeze(1), context.unsqueeze(1), step_emb.unsqueeze(1))
-            logits.append(self.output_layer(features).squeeze(1))
-            attns.append(attn)
-        return torch.stack(logits, dim=1), {"attn": [torch.stack(attns, dim=1)]}
+class AdditiveGRUDecoder(AttentionGRUDecoder):
+    """Bahdanau et al. (2015): additive attention with the previous state, the context fed to the GRU and to the
+    output layer."""
+
+    attention_types = ("additive",)
+
+    def _build_attention(self, attention_dim: int) -> nn.Module:
+        return AdditiveAttention(self.hidden_size, self.encoder_output_dim, attention_dim or self.hidden_size)
+
+    def _feed_dim(self) -> int:
+        return self.encoder_output_dim  # c_i
+
+    def _features_dim(self) -> int:
+        return self.hidden_size + self.encoder_output_dim + self.embed_dim  # [s_i; c_i; E y_{i-1}]
+
+    def _values(self, annotations: Tensor) -> Tensor:
+        """``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context part of the first GRU layer's input
+        weights: since ``W_c c_i = sum_j alpha_ij W_c h_j``, one weighted sum per step then gives both the context
+        ``c_i`` and its contribution to the GRU's input gates, instead of a C x 3H matrix multiply per step."""
+        return torch.cat([annotations, F.linear(annotations, self.layers[0].feed_weight)], dim=2)
+
+    def _weights(self, steps: int) -> StepWeights:
+        weights = super()._weights(steps)
+        if self.num_layers > 1 or steps == 1:  # the query reads the top layer / a single step: not worth a copy
+            return weights
+        query_weight = self.attention.query_proj.weight  # W_a, A x H
+        return StepWeights(torch.cat([weights.hidden_weight, query_weight], dim=0),
+                           torch.cat([weights.hidden_bias, weights.hidden_bias.new_zeros(query_weight.size(0))]),
+                           fused_query=True)
+
+    def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
+        hidden_gates = self._hidden_gates(state, weights)
+        # c_i from s_{i-1} (eqs. 5-7); the values are [h_j; W_c h_j], so the weighted sum is [c_i; W_c c_i]
+        if weights.fused_query:  # W_a s_{i-1} came with U s_{i-1}
+            hidden_gates, query = hidden_gates.split([3 * self.hidden_size, self.attention.attention_dim], dim=1)
+            extended, attn = self.attention.attend(query, source.keys, source.values, source.mask_bias,
+                                                   weights.values_tape)
+        else:
+            extended, attn = self.attention(state.hidden[-1], source.keys, source.values, source.mask_bias,
+                                            weights.values_tape)
+        context, context_gates = extended.split([self.encoder_output_dim, 3 * self.hidden_size], dim=1)
+        hidden = self._update(emb_gates + context_gates, hidden_gates, state)  # s_i = GRU([E y_{i-1}; c_i], s_{i-1})
+        return Step(State(hidden, None), output=hidden[-1], context=context, attn=attn)
+
+    def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
+        return torch.cat([self.dropout_module(outputs), contexts, inputs], dim=-1)
+
+
+class LuongGRUDecoder(AttentionGRUDecoder):
+    """Luong et al. (2015): dot or general attention with the new state, and input feeding of the attentional
+    state ``~s_t``, which is also what the output layer reads."""
+
+    attention_types = ("dot", "general")
+
+    def _build_attention(self, attention_dim: int) -> nn.Module:
+        return LuongAttention(self.hidden_size, self.encoder_output_dim, self.attention_type)
+
+    def _feed_dim(self) -> int:
+        return self.hidden_size  # ~s_{t-1}
+
+    def _features_dim(self) -> int:
+        return self.hidden_size  # ~s_t
+
+    def _initial_feed(self, hidden: Tensor) -> Optional[Tensor]:
+        return hidden.new_zeros(hidden.size(0), self.hidden_size)
+
+    def _weights(self, steps: int) -> StepWeights:
+        return super()._weights(steps)._replace(feed_weight=self.layers[0].feed_weight)
+
+    def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
+        input_gates = emb_gates + deferred.linear(state.feed, weights.feed_weight, None, weights.feed_tape)
+        hidden = self._update(input_gates, self._hidden_gates(state, weights), state)  # s_t
+        context, attn = self.attention(hidden[-1], source.keys, source.values, source.mask_bias, weights.values_tape)
+        attentional = self.attention.attentional_state(context, hidden[-1])  # ~s_t = tanh(W_c [c_t; s_t] + b_c)
+        return Step(State(hidden, attentional), output=attentional, context=None, attn=attn)
+
+    def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
+        return self.dropout_module(outputs)
+
+
+class ScheduledFeeding:
+    """``--teacher-forcing-ratio < 1`` in training: at each step after the first, feed the reference token with
+    that probability and otherwise the model's own greedy prediction (one coin per step for the whole batch, from
+    torch's seeded generator, as in the reference notebook). The output layer then runs inside the loop; the
+    logits of every step are kept here for one forward call."""
+
+    def __init__(self, decoder: AttentionGRUDecoder, emb: Tensor) -> None:
+        self.decoder = decoder
+        self.emb = emb
+        self.use_reference = torch.rand(emb.size(1)) < decoder.teacher_forcing_ratio
+        self.steps: List[Tensor] = []
+
+    def __call__(self, t: int, step: Step, step_emb: Tensor) -> Tensor:
+        context = None if step.context is None else step.context.unsqueeze(1)
+        features = self.decoder._features(step.output.unsqueeze(1), context, step_emb.unsqueeze(1))
+        logits = self.decoder.output_layer(features).squeeze(1)
+        self.steps.append(logits)
+        if t + 1 >= self.emb.size(1) or self.use_reference[t + 1]:
+            return self.emb[:, min(t + 1, self.emb.size(1) - 1)]
+        return self.decoder._embed(logits.argmax(dim=-1).unsqueeze(1)).squeeze(1)
+
+    def logits(self) -> Tensor:
+        """B x T x V."""
+        return torch.stack(self.steps, dim=1)
+
+
+#: The decoder class of each --attention-type.
+DECODERS = {kind: cls for cls in (AdditiveGRUDecoder, LuongGRUDecoder) for kind in cls.attention_types}
+
+
+def build_decoder(attention_type: str, *args, **kwargs) -> AttentionGRUDecoder:
+    """The decoder for ``--attention-type attention_type``."""
+    return DECODERS[attention_type](*args, attention_type=attention_type, **kwargs)

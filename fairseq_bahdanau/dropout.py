@@ -5,10 +5,15 @@ on one core its forward and backward take about 40 ms, of which the draw is abou
 samples with ``p`` gives a mask with the same distribution in under half the time (about 17 ms for forward and
 backward), and dropout is applied to five activations per training step. Other devices keep ``F.dropout``, whose
 fused kernels are fast there.
+
+The encoder and decoder apply dropout through ``Dropout`` modules, fairseq's ``FairseqDropout`` with this mask,
+so that ``fairseq-generate --retain-dropout`` (and ``--retain-dropout-modules BiGRUEncoder ...``) keeps dropout
+on at inference, as with fairseq's own models.
 """
 
 import torch
 import torch.nn.functional as F
+from fairseq.modules import FairseqDropout
 from torch import Tensor
 
 
@@ -31,3 +36,15 @@ def drop_words(emb: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return emb
     return emb * dropout(emb.new_ones(emb.shape[:-1] + (1,)), p, True)
+
+
+class Dropout(FairseqDropout):
+    """fairseq's dropout module (``--retain-dropout`` switches it on at inference) with ``dropout``'s mask."""
+
+    @property
+    def active(self) -> bool:
+        """Whether this module drops now: in training, or at inference under ``--retain-dropout``."""
+        return self.p > 0 and (self.training or self.apply_during_inference)
+
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        return dropout(x, self.p, self.active)

@@ -1,6 +1,6 @@
 """The bidirectional GRU encoder (Bahdanau et al. 2015, Section 3.2 and Appendix A.2.1)."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq.models import FairseqEncoder
@@ -8,11 +8,11 @@ from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import precision
-from .dropout import drop_words, dropout
+from .dropout import Dropout, drop_words
 
 EncoderOut = Dict[str, List[Tensor]]
 
-#: encoder_out key: ``[k]`` when every block of k consecutive rows holds copies of one sentence (beam search)
+#: encoder_out key: ``[tensor(k)]`` when every block of k consecutive rows holds copies of one sentence (beam search)
 ROW_COPIES = "row_copies"
 
 #: one GRU layer's parameter names in ``nn.GRU`` (suffixed ``_l{layer}`` and, for the backward direction, ``_reverse``)
@@ -24,14 +24,23 @@ def row_copies(encoder_out: EncoderOut) -> int:
     return int(encoder_out.get(ROW_COPIES, [1])[0])
 
 
+def block_owners(new_order: Tensor, block: int) -> Optional[Tensor]:
+    """When every block of ``block`` consecutive entries of ``new_order`` takes its rows from one block of the old
+    batch (beam search reordering hypotheses within their sentence): the old block of each new block (a 1-d
+    long tensor); otherwise (or for blocks of 1) None."""
+    if block > 1 and new_order.numel() % block == 0:
+        owners = (new_order // block).view(-1, block)
+        if torch.equal(owners, owners[:, :1].expand_as(owners)):
+            return owners[:, 0]
+    return None
+
+
 def copies_after(new_order: Tensor, copies: int) -> int:
     """``row_copies`` of a batch reordered by ``new_order`` from one with ``copies``: its blocks stay copies when
     each new block takes all its rows from one old block, and a run of k repetitions of each row (beam search's
     first expansion) makes blocks of k copies."""
-    if copies > 1 and new_order.numel() % copies == 0:
-        owners = (new_order // copies).view(-1, copies)
-        if torch.equal(owners, owners[:, :1].expand_as(owners)):
-            return copies
+    if block_owners(new_order, copies) is not None:
+        return copies
     runs = torch.unique_consecutive(new_order, return_counts=True)[1]
     if runs.numel() > 0 and int(runs[0]) > 1 and bool((runs == runs[0]).all()):
         return int(runs[0])
@@ -82,7 +91,7 @@ class BiGRUEncoder(FairseqEncoder):
     ) -> None:
         super().__init__(dictionary)
         self.padding_idx = dictionary.pad()
-        self.dropout = dropout
+        self.dropout_module = Dropout(dropout, module_name=type(self).__name__)
         self.word_dropout = word_dropout
         self.hidden_size = hidden_size
         self.decoder_layers = decoder_layers
@@ -117,7 +126,7 @@ class BiGRUEncoder(FairseqEncoder):
         bsz, src_len = src_tokens.shape
         padding_mask = src_tokens.eq(self.padding_idx)
         x = drop_words(self.embed_tokens(src_tokens), self.word_dropout, self.training)
-        x = dropout(x, self.dropout, self.training)
+        x = self.dropout_module(x)
         x = x.transpose(0, 1)  # S x B x E
 
         if padding_mask.any():
@@ -136,7 +145,7 @@ class BiGRUEncoder(FairseqEncoder):
         # backward state (which ends at the first token).
         top = torch.cat([final[-2], final[-1]], dim=1)
         init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
-        out = dropout(out, self.dropout, self.training)
+        out = self.dropout_module(out)
         return {
             "encoder_out": [out],
             "encoder_padding_mask": [padding_mask],
@@ -163,7 +172,7 @@ class BiGRUEncoder(FairseqEncoder):
         finals = []
         for layer in range(self.gru.num_layers):
             if layer > 0:
-                x = dropout(x, self.gru.dropout, self.training)  # as nn.GRU between layers
+                x = self.dropout_module(x)  # as nn.GRU between layers
             directions = []
             for suffix, inputs in (("", x), ("_reverse", _gather_time(x, reverse))):
                 weights = [getattr(self.gru, f"{name}_l{layer}{suffix}") for name in _GRU_PARAMS]
@@ -188,8 +197,8 @@ class BiGRUEncoder(FairseqEncoder):
         """PyTorch's CPU GRU (``_VF.gru``, time-major, with biases). autocast leaves it in float32, so under
         autocast its operands are cast to autocast's dtype here (``precision.cast``; a no-op otherwise)."""
         weights = [precision.cast(w) for w in weights]
-        return _VF.gru(precision.cast(x), precision.cast(h0), weights, True, num_layers, dropout, self.training,
-                       bidirectional, False)
+        return _VF.gru(precision.cast(x), precision.cast(h0), weights, True, num_layers, dropout,
+                       self.dropout_module.active, bidirectional, False)
 
     def _packed_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """The same through ``pack_padded_sequence``: on GPUs, where cuDNN runs packed batches well and one
@@ -203,7 +212,7 @@ class BiGRUEncoder(FairseqEncoder):
         Beam search first repeats every sentence ``beam`` times, then reorders the hypotheses at every step,
         mostly within their sentence. The result records (``row_copies``) which rows are copies of one sentence,
         so that a reorder that changes nothing but the order of copies returns the same tensors without copying
-        them, and the decoder keeps one source row per sentence (``BahdanauGRUDecoder._source_cache``).
+        them, and the decoder keeps one source row per sentence (``AttentionGRUDecoder._source``).
         """
         rows = encoder_out["decoder_init"][0].size(0)
         copies = row_copies(encoder_out)
@@ -218,7 +227,7 @@ class BiGRUEncoder(FairseqEncoder):
             "decoder_init": [encoder_out["decoder_init"][0].index_select(0, new_order)],
         }
         if new_copies > 1:
-            reordered[ROW_COPIES] = [new_copies]
+            reordered[ROW_COPIES] = [torch.tensor(new_copies)]
         return reordered
 
     def max_positions(self) -> int:

@@ -6,7 +6,7 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model
 from torch import nn
 
 from .config import BahdanauGRUConfig, validate
-from .decoder import BahdanauGRUDecoder
+from .decoder import build_decoder
 from .encoder import BiGRUEncoder
 from .precision import training_autocast
 
@@ -51,13 +51,13 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             max_positions=cfg.max_source_positions,
             word_dropout=cfg.word_dropout,
         )
-        decoder = BahdanauGRUDecoder(
+        decoder = build_decoder(
+            str(cfg.attention_type),
             task.target_dictionary,
             embed_dim=cfg.decoder_embed_dim,
             hidden_size=cfg.decoder_hidden_size,
             num_layers=cfg.decoder_layers,
             encoder_output_dim=encoder.output_dim,
-            attention_type=str(cfg.attention_type),
             attention_dim=cfg.attention_dim,
             out_embed_dim=cfg.decoder_out_embed_dim,
             output_activation=str(cfg.decoder_output_activation),

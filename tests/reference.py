@@ -65,7 +65,7 @@ def decode(model, src: List[int], prev: List[int]):
     feed = torch.zeros(dec.hidden_size)  # Luong's ~s_0
     for token in prev:
         y = dec.embed_tokens.weight[token]
-        if dec.additive:
+        if dec.attention_type == "additive":
             # e_ij = v^T tanh(W s_{i-1} + U h_j);  c_i = sum_j alpha_ij h_j
             e = torch.stack(
                 [att.v @ torch.tanh(att.query_proj.weight @ states[-1] + att.key_proj.weight @ h_j + att.key_proj.bias)
@@ -83,7 +83,7 @@ def decode(model, src: List[int], prev: List[int]):
             below = s
         states = new_states
         s = states[-1]
-        if dec.additive:
+        if dec.attention_type == "additive":
             t = torch.cat([s, c, y])  # deep output over [s_i; c_i; E y_{i-1}]
         else:
             if att.kind == "dot":
@@ -97,37 +97,3 @@ def decode(model, src: List[int], prev: List[int]):
         logits.append(output_layer(dec, t))
         attention.append(alpha)
     return torch.stack(logits), torch.stack(attention)
-
-
-def tutorial_forward(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor) -> Tensor:
-    """The reference notebook's (tutorial's) batched formulation on the fast model's weights: B x T x V logits.
-
-    Inside the step loop it recomputes what the fast model computes once: the attention MLP over
-    ``[s_{i-1} repeated S times; h_j]`` for every source position, the GRU's input gates from the concatenated
-    ``[E y_{i-1}; c_i]`` and the output layer. Additive attention, one decoder layer, no deep-output layer (the
-    ``bahdanau_gru`` configuration). The benchmark's naive baseline.
-    """
-    import torch.nn.functional as F
-
-    enc, dec = model.encoder, model.decoder
-    att, cell = dec.attention, dec.layers[0]
-    assert dec.additive and dec.num_layers == 1 and dec.deep_output is None
-    encoder_out = enc(src_tokens, src_lengths)
-    encoder_outputs = encoder_out["encoder_out"][0]  # S x B x C
-    padding = encoder_out["encoder_padding_mask"][0]  # B x S
-    hidden = encoder_out["decoder_init"][0][:, 0]  # B x H
-    attn_weight = torch.cat([att.query_proj.weight, att.key_proj.weight], dim=1)  # the notebook's attn Linear
-    src_len = encoder_outputs.size(0)
-    logits = []
-    for t in range(prev_output_tokens.size(1)):
-        embedded = F.dropout(dec.embed_tokens(prev_output_tokens[:, t]), p=dec.dropout, training=dec.training)
-        repeated = hidden.unsqueeze(1).repeat(1, src_len, 1)  # B x S x H
-        outputs = encoder_outputs.permute(1, 0, 2)  # B x S x C
-        energy = torch.tanh(F.linear(torch.cat([repeated, outputs], dim=2), attn_weight, att.key_proj.bias))
-        scores = (energy @ att.v).masked_fill(padding, float("-inf"))
-        a = torch.softmax(scores, dim=1).unsqueeze(1)  # B x 1 x S
-        weighted = torch.bmm(a, outputs).squeeze(1)  # B x C
-        hidden = cell(torch.cat([embedded, weighted], dim=1), hidden)
-        output = F.dropout(hidden, p=dec.dropout, training=dec.training)
-        logits.append(dec.output_projection(torch.cat([output, weighted, embedded], dim=1)))
-    return torch.stack(logits, dim=1)

@@ -21,8 +21,8 @@ def test_notebook_configuration_is_the_default():
     model = build_model("bahdanau_gru")
     assert model.encoder.embed_tokens.embedding_dim == 256
     assert model.encoder.gru.hidden_size == 512 and model.encoder.gru.bidirectional
-    assert model.decoder.hidden_size == 512 and model.decoder.dropout == 0.5
-    assert model.decoder.additive and model.decoder.deep_output is None
+    assert model.decoder.hidden_size == 512 and model.decoder.dropout_module.p == 0.5
+    assert model.decoder.attention_type == "additive" and model.decoder.deep_output is None
     # the output projection reads [s_i; c_i; E y_{i-1}] = 512 + 1024 + 256
     assert model.decoder.output_projection.in_features == 512 + 1024 + 256
 
