@@ -71,6 +71,22 @@ def preprocess(raw, dest, *extra: str) -> None:
         "--validpref", f"{raw}/valid", "--testpref", f"{raw}/test", "--destdir", str(dest), "--workers", "1", *extra)
 
 
+def corpus(root, train: int, valid: int, test: int, seed: int):
+    """Write the synthetic corpus to ``root/raw`` and preprocess it into ``root/bin``; returns ``root``."""
+    from fairseq_bahdanau.synthetic import write_corpus
+
+    write_corpus(str(root / "raw"), train=train, valid=valid, test=test, seed=seed)
+    preprocess(root / "raw", root / "bin")
+    return root
+
+
+def valid_losses(log: str) -> List[float]:
+    """The validation losses a fairseq-train log reports, in order."""
+    import re
+
+    return [float(x) for x in re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", log)]
+
+
 def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str = None) -> subprocess.CompletedProcess:
     """Run a fairseq console script from this environment; stdout and stderr are captured as text."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -80,3 +96,34 @@ def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str =
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+# ------------------------------------------------------------------ the unit tests' model variants and batches
+
+#: every --attention-type
+ATTENTION_TYPES = ["additive", "dot", "general"]
+#: the model variants the equations are checked on: every attention type, deeper stacks, every output layer
+VARIANTS = [
+    {"attention_type": "additive"},
+    {"attention_type": "dot"},
+    {"attention_type": "general"},
+    {"attention_type": "additive", "encoder_layers": 2, "decoder_layers": 2},
+    {"attention_type": "general", "decoder_layers": 2, "decoder_out_embed_dim": 16, "decoder_output_activation": "tanh"},
+    {"attention_type": "additive", "decoder_out_embed_dim": 12, "decoder_output_activation": "maxout",
+     "attention_dim": 24},
+    {"attention_type": "additive", "decoder_out_embed_dim": 32, "share_decoder_input_output_embed": True},
+]
+#: test ids of VARIANTS
+IDS = [",".join(f"{k}={v}" for k, v in variant.items()) for variant in VARIANTS]
+
+
+def batch(model, lengths=(7, 3, 5, 1 + 1), tgt_len=6, left=True, seed=0):
+    """Random sentences of ``lengths`` (left- or right-padded B x S source, B lengths) and a B x tgt_len
+    ``prev_output_tokens`` starting with EOS: (sentences, src, lengths, prev)."""
+    src_dict, tgt_dict = model.encoder.dictionary, model.decoder.dictionary
+    sentences = random_sentences(src_dict, lengths, seed)
+    src = pad_batch(sentences, src_dict.pad(), left)
+    g = torch.Generator().manual_seed(seed + 1)
+    prev = torch.randint(tgt_dict.nspecial, len(tgt_dict), (len(lengths), tgt_len), generator=g)
+    prev[:, 0] = tgt_dict.eos()
+    return sentences, src, torch.tensor(lengths), prev

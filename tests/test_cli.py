@@ -1,31 +1,24 @@
 """End to end through fairseq's own tools: preprocess, train (and resume), generate, interactive, hub."""
 
-import os
 import re
 
 import pytest
 import sacrebleu
 
-from fairseq_bahdanau.synthetic import write_corpus
-from helpers import TRAIN, USER_DIR, preprocess, run
-
-EPOCHS = 12
+from conftest import EPOCHS
+from helpers import TRAIN, USER_DIR, run
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    write_corpus(str(root / "raw"), train=2000, valid=100, test=100, seed=3)
-    preprocess(root / "raw", root / "bin")
-    return root
+def data(synthetic):
+    """The shared corpus's directory: ``raw/`` and ``bin/``."""
+    return synthetic.raw.parent
 
 
 @pytest.fixture(scope="module")
-def trained(data):
-    save = data / "tiny"
-    run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
-        "--max-epoch", str(EPOCHS), "--save-dir", str(save), *TRAIN)
-    return save
+def trained(synthetic):
+    """The shared model's checkpoint directory."""
+    return synthetic.checkpoints
 
 
 def hypotheses(output: str, prefix: str = "H"):
@@ -135,7 +128,7 @@ def test_hub_interface_translates(data, trained):
 
 def test_bfloat16_autocast_training_learns_and_saves_float32(data, tmp_path):
     """--autocast-bf16 trains the tiny model to the same standard through fairseq-train, and its checkpoint holds
-    float32 parameters (evaluation in float32: test_model.py::test_mixed_precision_training_step)."""
+    float32 parameters (evaluation in float32: test_autocast.py::test_mixed_precision_training_step)."""
     run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--autocast-bf16",
         "--max-epoch", str(EPOCHS), "--save-dir", str(tmp_path), *TRAIN)
     import torch

@@ -38,16 +38,6 @@ CASES = {
 WRAPPERS = ["legacy_ddp", "pytorch_ddp"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread here, as in the workers: these models are far too small to gain from more, and on a
-    busy 2-core machine OpenMP's spinning threads made a 0.1 s test take 7 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- data
 
 

@@ -10,16 +10,14 @@ TF32 is switched off so that float32 on the GPU means float32.
 """
 
 import os
-import re
 import subprocess
 
 import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from fairseq_bahdanau.synthetic import write_corpus
-from helpers import BIN, USER_DIR, build_model, preprocess, run
-from test_model import batch
+from helpers import BIN, USER_DIR, batch, build_model, run, valid_losses
+
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -73,17 +71,15 @@ def test_full_forward_and_beam_search_on_gpu_equal_cpu(attention_type):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpu")
-    write_corpus(str(root / "raw"), train=2000, valid=100, test=100, seed=6)
-    preprocess(root / "raw", root / "bin")
-    return root
+def data(synthetic):
+    """The shared corpus's directory (``raw/``, ``bin/``)."""
+    return synthetic.raw.parent
 
 
 @pytest.mark.parametrize("flag", ["--amp", "--fp16"])
 def test_fairseq_train_reduced_precision_on_gpu_learns_and_generates(data, tmp_path, flag):
     out = run("fairseq-train", str(data / "bin"), *TRAIN, "--max-epoch", "4", "--save-dir", str(tmp_path), flag).stdout
-    losses = [float(x) for x in re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", out)]
+    losses = valid_losses(out)
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses
     generated = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
                     str(tmp_path / "checkpoint_last.pt"), "--beam", "5", "--batch-size", "50", flag).stdout

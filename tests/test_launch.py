@@ -20,8 +20,7 @@ import time
 import pytest
 import torch
 
-from fairseq_bahdanau.synthetic import write_corpus
-from helpers import BIN, USER_DIR, preprocess, run
+from helpers import BIN, USER_DIR, corpus, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EPOCHS = 2
@@ -81,10 +80,7 @@ def workers_of(save_dir) -> list:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("launch")
-    write_corpus(str(root / "raw"), train=400, valid=60, test=30, seed=2)
-    preprocess(root / "raw", root / "bin")
-    return root
+    return corpus(tmp_path_factory.mktemp("launch"), train=400, valid=60, test=30, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -7,35 +7,17 @@ import sys
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 
 from fairseq_bahdanau.plot_attention import attention_matrix, load_hub, parse_args
-from fairseq_bahdanau.synthetic import write_corpus
-from helpers import ROOT, TRAIN, USER_DIR, preprocess, run
+from helpers import ROOT, run
 
-EPOCHS = 6
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(data-bin directory, checkpoint path, test source sentences) of a tiny model trained on the task."""
-    root = tmp_path_factory.mktemp("plot_attention")
-    write_corpus(str(root / "raw"), train=2000, valid=100, test=20, seed=3)
-    preprocess(root / "raw", root / "bin")
-    run("fairseq-train", str(root / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
-        "--max-epoch", str(EPOCHS), "--save-dir", str(root / "tiny"), *TRAIN)
-    return root / "bin", root / "tiny/checkpoint_best.pt", (root / "raw/test.src").read_text().splitlines()
-
-
-@pytest.fixture
-def one_thread():
-    """Run torch on one thread for the test: the tiny model's small matrix products only contend on more (0.2 s
-    against 9 s for this file's in-process test on a busy 2-core machine); the setting is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def trained(synthetic):
+    """(data-bin directory, checkpoint path, 20 test source sentences) of the shared trained tiny model."""
+    return synthetic.bin, synthetic.best, (synthetic.raw / "test.src").read_text().splitlines()[:20]
 
 
 def test_command_line_writes_a_png(trained, tmp_path):
@@ -63,7 +45,7 @@ def test_the_sentence_can_come_from_stdin(monkeypatch):
         parse_args(["--path", "c.pt", "--data", "bin", "--output", "a.png", "-"])
 
 
-def test_attention_matrix_finds_the_moved_verb(trained, one_thread):
+def test_attention_matrix_finds_the_moved_verb(trained):
     data, checkpoint, sources = trained
     hub = load_hub(str(checkpoint), str(data), source_lang="src", target_lang="tgt")
     for sentence in sources:

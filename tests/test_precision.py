@@ -1,5 +1,5 @@
 """Reduced precision as fairseq's ``--bf16`` and ``--fp16`` run it: the whole model converted (``.bfloat16()``,
-``.half()``), not autocast (``--autocast-bf16`` is tested in test_model.py).
+``.half()``), not autocast (``--autocast-bf16`` is tested in test_autocast.py).
 
 On CPU: the converted model trains a step (every parameter gets a gradient of its own dtype), decodes
 incrementally exactly as its full forward does, runs beam search, keeps exactly zero attention on padding, and
@@ -12,9 +12,8 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from fairseq_bahdanau.synthetic import write_corpus
-from helpers import TRAIN, USER_DIR, build_model, preprocess, run
-from test_model import IDS, VARIANTS, batch
+from helpers import IDS, TRAIN, USER_DIR, VARIANTS, batch, build_model, corpus, run, valid_losses
+
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,17 +90,14 @@ def test_converted_model_runs_beam_search_like_float32(dtype):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
-    write_corpus(str(root / "raw"), train=600, valid=60, test=30, seed=4)
-    preprocess(root / "raw", root / "bin")
-    return root
+    return corpus(tmp_path_factory.mktemp("precision"), train=600, valid=60, test=30, seed=4)
 
 
 @pytest.mark.parametrize("flag", ["--bf16", "--fp16"])
 def test_fairseq_train_with_whole_model_precision_on_cpu_learns_and_generates(data, tmp_path, flag):
     out = run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
               "--max-epoch", "3", "--save-dir", str(tmp_path), flag, *TRAIN).stdout
-    losses = [float(x) for x in __import__("re").findall(r"valid on 'valid' subset \| loss ([\d.]+)", out)]
+    losses = valid_losses(out)
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
     assert {v.dtype for v in state["model"].values()} == {torch.float32}  # fairseq saves float32 copies

@@ -17,14 +17,9 @@ from helpers import BIN, TRAIN, USER_DIR, preprocess, run
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A briefly trained tiny model on the synthetic task: (data dir, checkpoint path, raw dir)."""
-    root = tmp_path_factory.mktemp("reliability")
-    write_corpus(str(root / "raw"), train=2000, valid=100, test=100, seed=5)
-    preprocess(root / "raw", root / "bin")
-    run("fairseq-train", str(root / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--max-epoch", "6",
-        "--save-dir", str(root / "ckpt"), *TRAIN)
-    return root / "bin", root / "ckpt" / "checkpoint_best.pt", root / "raw"
+def model(synthetic):
+    """The shared trained tiny model: (data dir, checkpoint path, raw dir)."""
+    return synthetic.bin, synthetic.best, synthetic.raw
 
 
 def interactive(data, checkpoint, lines, *extra, check=True):

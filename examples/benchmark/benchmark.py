@@ -24,7 +24,7 @@ Models: ``bahdanau_gru`` (the notebook's configuration), fairseq's ``lstm`` at m
 bidirectional 512 encoder, 512 decoder, out-embed 256) beside ``bahdanau_gru`` with the same bottleneck
 (``--decoder-out-embed-dim 256``) and dropout, the same trained under bfloat16 autocast (``--autocast-bf16``;
 generation is float32 either way, so its generation figures measure the same thing again), and the naive
-per-step formulation of ``tests/reference.py``
+per-step formulation of ``naive.py``
 (``tutorial_forward``: the tutorial's way, attention projections and output layer recomputed in the step loop) on
 the notebook configuration's weights (training only: it has no incremental decoding). On a CPU without fast
 bfloat16 matrix products (no AVX-512 or AMX) the ``--autocast-bf16`` model is left out unless ``--models`` names it:
@@ -125,8 +125,7 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     from fairseq.sequence_generator import SequenceGenerator
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import reference  # noqa: E402  (the naive formulation)
+    import naive as naive_baseline  # this directory's naive.py (the script's directory is on sys.path)
 
     from fairseq import utils
 
@@ -150,7 +149,7 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
         net = sample["net_input"]
         with torch.autocast("cuda", dtype=torch.float16, enabled=args.precision == "amp"):  # fairseq's --amp
             if naive:
-                logits = reference.tutorial_forward(model, net["src_tokens"], net["src_lengths"],
+                logits = naive_baseline.tutorial_forward(model, net["src_tokens"], net["src_lengths"],
                                                     net["prev_output_tokens"])
             else:
                 logits = model(**net)[0]

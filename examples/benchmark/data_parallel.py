@@ -129,7 +129,7 @@ def main() -> None:
     print("|---|---|---|")
     for name, rate in results.items():
         print(f"| {name} | {rate:.0f} | {rate / single:.2f}x |")
-    print(f"\nall-reduce share of train-step time (legacy_ddp, per rank): "
+    print("\nall-reduce share of train-step time (legacy_ddp, per rank): "
           + ", ".join(f"{100 * s:.1f}%" for s in shares))
 
 
