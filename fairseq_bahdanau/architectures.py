@@ -39,6 +39,14 @@ def rnnsearch(cfg: Any) -> None:
     base_architecture(cfg)
 
 
+@register_model_architecture("bahdanau_gru", "bahdanau_gru_encdec")
+def encdec(cfg: Any) -> None:
+    """The RNN encoder-decoder without attention (the paper's RNNencdec baseline; Cho et al. 2014): the notebook's
+    configuration with the fixed context ``[h->_Tx; h<-_1]`` at every step (``--attention-type none``)."""
+    _default(cfg, "attention_type", "none")
+    base_architecture(cfg)
+
+
 @register_model_architecture("bahdanau_gru", "bahdanau_gru_tiny")
 def tiny(cfg: Any) -> None:
     """Small enough for tests and the CPU demo (the decoder is twice the encoder so that dot attention fits)."""

@@ -12,7 +12,7 @@ from typing import Any, Dict
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-ATTENTION_TYPES = ["additive", "dot", "general"]
+ATTENTION_TYPES = ["additive", "dot", "general", "none"]
 OUTPUT_ACTIVATIONS = ["linear", "tanh", "maxout"]
 
 
@@ -44,7 +44,9 @@ class BahdanauGRUConfig(FairseqDataclass):
         default="additive",
         metadata={
             "help": "additive: v^T tanh(W s_{i-1} + U h_j) (Bahdanau et al. 2015); dot / general: "
-            "s_t^T h_j / s_t^T W h_j with the attentional state tanh(W_c [c_t; s_t]) (Luong et al. 2015)"
+            "s_t^T h_j / s_t^T W h_j with the attentional state tanh(W_c [c_t; s_t]) (Luong et al. 2015); none: "
+            "no attention, the fixed context [h->_Tx; h<-_1] at every step (the paper's RNNencdec baseline, Cho "
+            "et al. 2014)"
         },
     )
     attention_dim: int = field(

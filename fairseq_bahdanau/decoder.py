@@ -6,12 +6,16 @@ One step loop, two attention families, each a subclass of ``AttentionGRUDecoder`
 |---|---|---|---|---|
 | ``AdditiveGRUDecoder`` (the paper) | before the GRU update | ``s_{i-1}`` | ``[E y_{i-1}; c_i]`` | ``[s_i; c_i; E y_{i-1}]`` |
 | ``LuongGRUDecoder`` (dot, general) | after the GRU update | ``s_t`` | ``[E y_{t-1}; ~s_{t-1}]`` | ``~s_t`` |
+| ``FixedContextGRUDecoder`` (none) | never | | ``[E y_{i-1}; c]`` | ``[s_i; c; E y_{i-1}]`` |
 
 Additive attention, for target step i:
 
     c_i   = sum_j alpha_ij h_j,  alpha_ij = softmax_j(v^T tanh(W s_{i-1} + U h_j))       (eqs. 5-7)
     s_i   = GRU([E y_{i-1}; c_i], s_{i-1})                                                   (eq. 4, A.2.2)
     t_i   = deep_output([s_i; c_i; E y_{i-1}])  ->  p(y_i | y_<i, x) = softmax(W_o t_i)     (eq. 4; A.2.2)
+
+No attention (the paper's RNNencdec baseline, Cho et al. 2014): ``c = [h->_Tx; h<-_1]`` at every step, else as
+additive attention.
 
 Dot / general attention, with input feeding of the attentional state ``~s``:
 
@@ -86,7 +90,7 @@ class Step(NamedTuple):
     state: State
     output: Tensor  # B x H: s_i (additive) or ~s_t (Luong)
     context: Optional[Tensor]  # B x C: c_i, which the additive output layer reads; None for Luong
-    attn: Tensor  # B x S
+    attn: Optional[Tensor]  # B x S; None without attention
 
 
 class Run(NamedTuple):
@@ -94,7 +98,7 @@ class Run(NamedTuple):
 
     outputs: Tensor  # B x T x H
     contexts: Optional[Tensor]  # B x T x C (additive) or None
-    attn: Tensor  # B x T x S
+    attn: Optional[Tensor]  # B x T x S; None without attention
     state: State  # after the last step
     inputs: Tensor  # B x T x E: the embeddings that were fed (with scheduled feeding, some are predictions')
 
@@ -163,7 +167,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
 
     # ------------------------------------------------------------------ what a family defines
 
-    def _build_attention(self, attention_dim: int) -> nn.Module:
+    def _build_attention(self, attention_dim: int) -> Optional[nn.Module]:
         raise NotImplementedError
 
     def _feed_dim(self) -> int:
@@ -215,7 +219,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             incremental_state: fairseq's per-generation cache, or None for a full forward.
             features_only: return the output layer's input features (B x T x F) instead of logits.
         Returns:
-            logits B x T x V (or features) and ``{"attn": [B x T x S]}``.
+            logits B x T x V (or features) and ``{"attn": [B x T x S]}`` (``[None]`` without attention).
         """
         assert encoder_out is not None, "the decoder needs encoder_out"
         if incremental_state is not None:
@@ -229,7 +233,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         run = self._run(emb, state, source, scheduled)
         if incremental_state is not None:
             self._save_state(incremental_state, run.state)
-        extra = {"attn": [run.attn]}
+        extra: Dict[str, List[Optional[Tensor]]] = {"attn": [run.attn]}
         if scheduled is not None and not features_only:
             return scheduled.logits(), extra  # the loop already applied the output layer
         features = self._features(run.outputs, run.contexts, run.inputs)
@@ -325,7 +329,9 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         feed_tape = None
         if feed_weight is not None:
             feed_weight, feed_tape = deferred.share(feed_weight)
-        values, values_tape = deferred.share(source.values)
+        values, values_tape = source.values, None
+        if self.attention is not None:  # every step's weighted sum reads the values
+            values, values_tape = deferred.share(values)
         weights = StepWeights(hidden_weight, hidden_bias, weights.fused_query, feed_weight, feed_tape, hidden_tape,
                               values_tape)
         return weights, source._replace(values=values)
@@ -360,7 +366,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         return Run(
             outputs=torch.stack(outputs, dim=1),
             contexts=None if contexts[0] is None else torch.stack(contexts, dim=1),
-            attn=torch.stack(attns, dim=1),
+            attn=None if attns[0] is None else torch.stack(attns, dim=1),
             state=state,
             inputs=emb if next_input is None else torch.stack(inputs, dim=1),
         )
@@ -462,6 +468,47 @@ class LuongGRUDecoder(AttentionGRUDecoder):
         return self.dropout_module(outputs)
 
 
+class FixedContextGRUDecoder(AttentionGRUDecoder):
+    """The RNN encoder-decoder of Cho et al. (2014), the paper's RNNencdec baseline, as a controlled ablation of the
+    additive model: no attention; the context is the same vector at every step, ``c = [h->_Tx; h<-_1]`` (the top
+    encoder layer's final states, from which the initial state is computed too), fed to the GRU with
+    ``E y_{i-1}`` and read by the output layer with ``s_i`` and ``E y_{i-1}``. Its share of the GRU's input gates,
+    ``W_c c``, is computed once per sentence, so a step costs no more than the GRU itself."""
+
+    attention_types = ("none",)
+
+    def _build_attention(self, attention_dim: int) -> Optional[nn.Module]:
+        return None
+
+    def _feed_dim(self) -> int:
+        return self.encoder_output_dim  # c
+
+    def _features_dim(self) -> int:
+        return self.hidden_size + self.encoder_output_dim + self.embed_dim  # [s_i; c; E y_{i-1}]
+
+    def _source(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> Source:
+        """keys: ``W_c c`` (B x 3H), values: ``c`` (B x C), once per sentence. One row per hypothesis in beam
+        search (the rows are 3H + C wide, so reordering them costs less than grouping them would)."""
+        if incremental_state is not None:
+            cached = self.get_incremental_state(incremental_state, "source")
+            if cached is not None:
+                return Source(cached["keys"], cached["values"], cached["mask_bias"])
+        context = encoder_out["encoder_summary"][0]
+        gates = F.linear(context, self.layers[0].feed_weight)
+        padding_mask = encoder_out["encoder_padding_mask"][0]
+        source = Source(precision.cast(gates), precision.cast(context), padding_bias(padding_mask, context.dtype))
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "source", source._asdict())
+        return source
+
+    def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
+        hidden = self._update(emb_gates + source.keys, self._hidden_gates(state, weights), state)  # s_i
+        return Step(State(hidden, None), output=hidden[-1], context=source.values, attn=None)
+
+    def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
+        return torch.cat([self.dropout_module(outputs), contexts, inputs], dim=-1)
+
+
 class ScheduledFeeding:
     """``--teacher-forcing-ratio < 1`` in training: at each step after the first, feed the reference token with
     that probability and otherwise the model's own greedy prediction (one coin per step for the whole batch, from
@@ -489,7 +536,8 @@ class ScheduledFeeding:
 
 
 #: The decoder class of each --attention-type.
-DECODERS = {kind: cls for cls in (AdditiveGRUDecoder, LuongGRUDecoder) for kind in cls.attention_types}
+DECODERS = {kind: cls for cls in (AdditiveGRUDecoder, LuongGRUDecoder, FixedContextGRUDecoder)
+            for kind in cls.attention_types}
 
 
 def build_decoder(attention_type: str, *args, **kwargs) -> AttentionGRUDecoder:

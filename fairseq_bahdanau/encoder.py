@@ -121,7 +121,9 @@ class BiGRUEncoder(FairseqEncoder):
         Returns:
             ``encoder_out``: [S x B x 2H] annotations in the same padding layout as ``src_tokens``
             (zero at padding); ``encoder_padding_mask``: [B x S], True at padding; ``decoder_init``:
-            [B x L x H_dec], the decoder's initial state for each of its L layers.
+            [B x L x H_dec], the decoder's initial state for each of its L layers; ``encoder_summary``:
+            [B x 2H], ``[h->_Tx; h<-_1]`` of the top layer (what the initial state is computed from, and the fixed
+            context of ``--attention-type none``).
         """
         bsz, src_len = src_tokens.shape
         padding_mask = src_tokens.eq(self.padding_idx)
@@ -150,6 +152,7 @@ class BiGRUEncoder(FairseqEncoder):
             "encoder_out": [out],
             "encoder_padding_mask": [padding_mask],
             "decoder_init": [init],
+            "encoder_summary": [top],
         }
 
     def _padded_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
@@ -225,6 +228,7 @@ class BiGRUEncoder(FairseqEncoder):
             "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
             "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
             "decoder_init": [encoder_out["decoder_init"][0].index_select(0, new_order)],
+            "encoder_summary": [encoder_out["encoder_summary"][0].index_select(0, new_order)],
         }
         if new_copies > 1:
             reordered[ROW_COPIES] = [torch.tensor(new_copies)]

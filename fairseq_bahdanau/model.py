@@ -79,6 +79,17 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
         with training_autocast(self.autocast_bf16 and self.training, src_tokens):
             return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
 
+    def prepare_for_inference_(self, cfg) -> None:
+        """fairseq-generate / -interactive's set-up; ``--print-alignment`` needs attention weights, which the
+        fixed-context model (``--attention-type none``) does not have: it stops here with a message saying so."""
+        generation = getattr(cfg, "generation", cfg)
+        if getattr(generation, "print_alignment", None) and getattr(self.decoder, "attention", None) is None:
+            raise ValueError(
+                "--print-alignment needs attention weights, and this model has none: it was trained with "
+                "--attention-type none (the fixed-context encoder-decoder); leave out --print-alignment"
+            )
+        super().prepare_for_inference_(cfg)
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, first checking that they belong to this model and to these dictionaries, so that a
         mismatch fails with a message naming the problem rather than a list of tensor shapes."""

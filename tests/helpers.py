@@ -100,14 +100,16 @@ def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str =
 
 # ------------------------------------------------------------------ the unit tests' model variants and batches
 
-#: every --attention-type
+#: every --attention-type that attends (``none`` is in VARIANTS)
 ATTENTION_TYPES = ["additive", "dot", "general"]
-#: the model variants the equations are checked on: every attention type, deeper stacks, every output layer
+#: the model variants the equations are checked on: every attention type, deeper stacks, no attention, every output
+#: layer (the first five: one of each family and a deeper stack)
 VARIANTS = [
     {"attention_type": "additive"},
     {"attention_type": "dot"},
     {"attention_type": "general"},
     {"attention_type": "additive", "encoder_layers": 2, "decoder_layers": 2},
+    {"attention_type": "none"},
     {"attention_type": "general", "decoder_layers": 2, "decoder_out_embed_dim": 16, "decoder_output_activation": "tanh"},
     {"attention_type": "additive", "decoder_out_embed_dim": 12, "decoder_output_activation": "maxout",
      "attention_dim": 24},

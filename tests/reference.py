@@ -57,10 +57,12 @@ def softmax(e: Tensor) -> Tensor:
 
 
 def decode(model, src: List[int], prev: List[int]):
-    """Logits (T x V) and attention (T x S) for one sentence, teacher-forced on ``prev``."""
+    """Logits (T x V) and attention (T x S; None without attention) for one sentence, teacher-forced on ``prev``."""
     dec = model.decoder
     h, states = encode(model, src)
     att = dec.attention
+    half = h.size(1) // 2
+    fixed = torch.cat([h[-1][:half], h[0][half:]])  # [h->_Tx; h<-_1] (--attention-type none)
     logits, attention = [], []
     feed = torch.zeros(dec.hidden_size)  # Luong's ~s_0
     for token in prev:
@@ -74,6 +76,9 @@ def decode(model, src: List[int], prev: List[int]):
             alpha = softmax(e)
             c = sum(a * h_j for a, h_j in zip(alpha, h))
             below = torch.cat([y, c])
+        elif dec.attention_type == "none":
+            c = fixed
+            below = torch.cat([y, c])
         else:
             below = torch.cat([y, feed])
         new_states = []
@@ -83,7 +88,7 @@ def decode(model, src: List[int], prev: List[int]):
             below = s
         states = new_states
         s = states[-1]
-        if dec.attention_type == "additive":
+        if dec.attention_type in ("additive", "none"):
             t = torch.cat([s, c, y])  # deep output over [s_i; c_i; E y_{i-1}]
         else:
             if att.kind == "dot":
@@ -95,5 +100,6 @@ def decode(model, src: List[int], prev: List[int]):
             feed = torch.tanh(att.combine.weight @ torch.cat([c, s]) + att.combine.bias)  # ~s_t
             t = feed
         logits.append(output_layer(dec, t))
-        attention.append(alpha)
-    return torch.stack(logits), torch.stack(attention)
+        if dec.attention_type != "none":
+            attention.append(alpha)
+    return torch.stack(logits), (torch.stack(attention) if attention else None)

@@ -92,6 +92,17 @@ def test_luong_attention_trains_and_generates(data, tmp_path, attention_type):
     assert sum(line.startswith("A-") for line in out.splitlines()) == 100
 
 
+def test_without_attention_trains_and_generates_and_refuses_alignments(data, tmp_path):
+    """--arch bahdanau_gru_tiny --attention-type none (the RNNencdec baseline) through fairseq's tools."""
+    run("fairseq-train", str(data / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+        "--attention-type", "none", "--max-epoch", "1", "--save-dir", str(tmp_path), *TRAIN)
+    generate = ["fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+                str(tmp_path / "checkpoint_last.pt"), "--beam", "3", "--batch-size", "50", "--cpu"]
+    assert len(hypotheses(run(*generate).stdout)) == 100
+    refused = run(*generate, "--print-alignment", check=False)
+    assert refused.returncode != 0 and "--print-alignment needs attention weights" in refused.stderr
+
+
 def test_interactive_translates_stdin(data, trained, tmp_path):
     raw = (data / "raw/test.src").read_text().splitlines()[:5]
     refs = (data / "raw/test.tgt").read_text().splitlines()[:5]

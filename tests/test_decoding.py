@@ -19,10 +19,13 @@ def test_incremental_decoding_equals_full_forward(overrides):
         state = {}
         steps = [model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state) for t in range(prev.size(1))]
     step_logits = torch.cat([logits for logits, _ in steps], dim=1)
-    step_attn = torch.cat([out["attn"][0] for _, out in steps], dim=1)
     assert full.shape == (src.size(0), prev.size(1), len(model.decoder.dictionary))
     torch.testing.assert_close(step_logits, full, atol=1e-5, rtol=0)
-    torch.testing.assert_close(step_attn, extra["attn"][0], atol=1e-6, rtol=0)
+    if overrides["attention_type"] == "none":
+        assert extra["attn"] == [None] and all(out["attn"] == [None] for _, out in steps)
+    else:
+        step_attn = torch.cat([out["attn"][0] for _, out in steps], dim=1)
+        torch.testing.assert_close(step_attn, extra["attn"][0], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
@@ -40,7 +43,7 @@ def test_attention_sums_to_one_and_is_zero_on_padding(attention_type, left):
     assert torch.all(attn.masked_select(~pad.unsqueeze(1).expand_as(attn)) > 0)
 
 
-@pytest.mark.parametrize("overrides", VARIANTS[:4], ids=IDS[:4])
+@pytest.mark.parametrize("overrides", VARIANTS[:5], ids=IDS[:5])
 @pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
 def test_padding_never_changes_a_sentence(overrides, left):
     model = build_model(**overrides)
@@ -58,12 +61,15 @@ def test_padding_never_changes_a_sentence(overrides, left):
             torch.testing.assert_close(batched["decoder_init"][0][b], alone["decoder_init"][0][0], atol=1e-6, rtol=0)
             alone_logits, alone_extra = model(alone_src, torch.tensor([len(sentence)]), prev[b : b + 1])
             torch.testing.assert_close(logits[b], alone_logits[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(extra["attn"][0][b][:, positions], alone_extra["attn"][0][0], atol=1e-6, rtol=0)
+            if extra["attn"][0] is not None:
+                torch.testing.assert_close(extra["attn"][0][b][:, positions], alone_extra["attn"][0][0], atol=1e-6,
+                                           rtol=0)
 
 
+@pytest.mark.parametrize("attention_type", ["additive", "none"])
 @pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
-def test_translation_alone_equals_translation_in_padded_batch(left):
-    model = build_model()
+def test_translation_alone_equals_translation_in_padded_batch(left, attention_type):
+    model = build_model(attention_type=attention_type)
     tgt_dict = model.decoder.dictionary
     sentences, src, lengths, _ = batch(model, lengths=(9, 2, 6, 4), left=left)
     generator = SequenceGenerator([model], tgt_dict, beam_size=3, max_len_b=12)
@@ -76,7 +82,7 @@ def test_translation_alone_equals_translation_in_padded_batch(left):
             assert abs(float(alone[0][0]["score"]) - float(together[b][0]["score"])) < 1e-5
 
 
-@pytest.mark.parametrize("overrides", VARIANTS[:4], ids=IDS[:4])
+@pytest.mark.parametrize("overrides", VARIANTS[:5], ids=IDS[:5])
 def test_reordering_is_exact(overrides):
     """Reorder encoder output and incremental state mid-sentence (with repeats, as beam search does): the next
     steps equal those of a batch built in the new order from the start."""
@@ -101,8 +107,9 @@ def test_reordering_is_exact(overrides):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
-def test_reorder_incremental_state_selects_every_cached_tensor():
-    model = build_model()
+@pytest.mark.parametrize("attention_type", ["additive", "general", "none"])
+def test_reorder_incremental_state_selects_every_cached_tensor(attention_type):
+    model = build_model(attention_type=attention_type)
     _, src, lengths, prev = batch(model)
     state = {}
     with torch.no_grad():
@@ -206,3 +213,21 @@ def test_padded_and_packed_encoder_runs_agree(layers):
     full = torch.full((6,), 9)
     for a, b in zip(encoder._padded_gru(x, full), encoder.gru(x)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_without_attention_the_context_is_the_final_states_and_the_same_at_every_step():
+    """--attention-type none: c = [h->_Tx; h<-_1] of each sentence (its last real position's forward half, its first
+    real position's backward half), fed at every step; the output layer reads it beside s_i and E y_{i-1}."""
+    model = build_model(attention_type="none")
+    sentences, src, lengths, prev = batch(model, lengths=(7, 3, 5))
+    half = model.encoder.hidden_size
+    with torch.no_grad():
+        encoder_out = model.encoder(src, lengths)
+        annotations = encoder_out["encoder_out"][0]  # S x B x 2H, left-padded
+        features, _ = model.decoder(prev, encoder_out, features_only=True)
+    for b, n in enumerate(lengths.tolist()):
+        real = annotations[-n:, b]
+        expected = torch.cat([real[-1, :half], real[0, half:]])
+        torch.testing.assert_close(encoder_out["encoder_summary"][0][b], expected)
+        context = features[b, :, model.decoder.hidden_size : model.decoder.hidden_size + 2 * half]
+        torch.testing.assert_close(context, expected.expand_as(context))

@@ -32,6 +32,7 @@ CASES = {
     "additive": {"attention_type": "additive"},
     "dot": {"attention_type": "dot"},
     "general": {"attention_type": "general"},
+    "none": {"attention_type": "none"},
     "additive,teacher_forcing_ratio=0.5": {"attention_type": "additive", "teacher_forcing_ratio": 0.5},
     "general,teacher_forcing_ratio=0.5": {"attention_type": "general", "teacher_forcing_ratio": 0.5},
 }

@@ -13,7 +13,7 @@ def parse(*flags):
 
 
 def test_architectures_are_registered():
-    for arch in ("bahdanau_gru", "bahdanau_gru_rnnsearch", "bahdanau_gru_tiny"):
+    for arch in ("bahdanau_gru", "bahdanau_gru_rnnsearch", "bahdanau_gru_encdec", "bahdanau_gru_tiny"):
         assert ARCH_MODEL_REGISTRY[arch].__name__ == "BahdanauGRUModel"
 
 
@@ -34,6 +34,18 @@ def test_rnnsearch_configuration():
     assert model.decoder.output_activation == "maxout"
     assert model.decoder.deep_output.out_features == 2 * 500
     assert model.decoder.output_projection.in_features == 500
+
+
+def test_encdec_configuration_is_the_notebook_model_without_attention():
+    from fairseq_bahdanau.decoder import FixedContextGRUDecoder
+
+    model = build_model("bahdanau_gru_encdec")
+    reference = build_model("bahdanau_gru")
+    assert isinstance(model.decoder, FixedContextGRUDecoder) and model.decoder.attention is None
+    # the same parameters as the attention model but for the attention's own
+    attention = {n for n, _ in reference.named_parameters() if n.startswith("decoder.attention.")}
+    assert attention and {n: p.shape for n, p in model.named_parameters()} == \
+        {n: p.shape for n, p in reference.named_parameters() if n not in attention}
 
 
 def test_flags_override_architecture_defaults():
