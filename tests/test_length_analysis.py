@@ -1,0 +1,77 @@
+"""``python -m fairseq_bahdanau.length_analysis``: BLEU by source length, table and figure, for two small systems."""
+
+import random
+
+import matplotlib.image
+import pytest
+
+from fairseq_bahdanau import length_analysis
+from helpers import ROOT, run
+
+
+@pytest.fixture
+def systems(tmp_path):
+    """300 sentences of 1 to 45 words; "perfect" repeats the references, "fading" drops the second half of every
+    reference longer than 20 words (as a fixed-vector model loses the end of long sentences); "fading" is written
+    as fairseq-generate output, in a shuffled order."""
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(300)]
+    sources, references = [], []
+    for _ in range(300):
+        n = rng.choice(range(1, 46)) if rng.random() < 0.8 else rng.choice(range(1, 11))
+        sources.append(" ".join(rng.choice(vocabulary) for _ in range(n)))
+        references.append(" ".join(rng.choice(vocabulary).upper() for _ in range(n)))
+    fading = [r if len(r.split()) <= 20 else " ".join(r.split()[: len(r.split()) // 2]) for r in references]
+    (tmp_path / "src").write_text("\n".join(sources) + "\n")
+    (tmp_path / "ref").write_text("\n".join(references) + "\n")
+    (tmp_path / "perfect").write_text("\n".join(references) + "\n")
+    order = list(range(300))
+    rng.shuffle(order)
+    lines = []
+    for i in order:
+        lines += [f"S-{i}\t{sources[i]}", f"H-{i}\t-0.5\t{fading[i].lower()}", f"D-{i}\t-0.5\t{fading[i]}",
+                  f"P-{i}\t-0.1 -0.2"]
+    (tmp_path / "fading.out").write_text("\n".join(lines) + "\nGenerate test with beam=5: BLEU4 = 1.0\n")
+    return tmp_path, sources
+
+
+def test_table_and_figure_for_two_systems(systems):
+    root, _ = systems
+    figure = root / "bleu_by_length.png"
+    out = run("python", "-m", "fairseq_bahdanau.length_analysis", "--source", str(root / "src"), "--reference",
+              str(root / "ref"), "--system", f"perfect={root / 'perfect'}", "--system", f"fading={root / 'fading.out'}",
+              "--bootstrap", "50", "--plot", str(figure), cwd=ROOT).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| source")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert cells[-1][:2] == ["all", "300"]
+    assert sum(int(c[1]) for c in cells[:-1]) == 300
+    for label, _count, perfect, fading in cells[:-1]:
+        assert perfect.startswith("100.00")
+        high = int(label.split()[0].split("-")[1])
+        if high <= 20:
+            assert fading.startswith("100.00"), (label, fading)
+        else:
+            assert float(fading.split()[0]) < 60, (label, fading)
+            low, up = fading.split()[1].strip("()").split("-")
+            assert float(low) <= float(fading.split()[0]) <= float(up)
+    assert "nrefs:1|case:mixed" in out and f"figure: {figure}" in out
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    image = matplotlib.image.imread(str(figure))
+    assert image.shape[0] > 200 and image.shape[1] > 300
+
+
+def test_buckets_with_too_few_sentences_are_merged_not_plotted_alone():
+    lengths = [3] * 40 + [12] * 5 + [25] * 40 + [38] * 3 + [47] * 2
+    rows = length_analysis.buckets(lengths, width=10, min_sentences=30)
+    # 11-20 (5 sentences) joins 21-30; 31-40 and 41-50 (5 in all) are too few and join the bucket before them
+    assert [(b.low, b.high, len(b.indices), b.merged) for b in rows] == [(1, 10, 40, False), (11, 50, 50, True)]
+    assert sorted(i for b in rows for i in b.indices) == list(range(len(lengths)))
+
+
+def test_fairseq_generate_output_missing_a_sentence_is_named(tmp_path):
+    (tmp_path / "gen.out").write_text("H-0\t-0.1\ta b\nH-2\t-0.1\tc\n")
+    with pytest.raises(ValueError, match="without hypotheses for 1 of 3 sentences"):
+        length_analysis.read_system(str(tmp_path / "gen.out"), 3)
+    (tmp_path / "plain.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="2 lines, but the reference has 3"):
+        length_analysis.read_system(str(tmp_path / "plain.txt"), 3)
