@@ -10,7 +10,7 @@ after their noun:
 A model must attend to the last source word for the first target word and swap every adjective-noun pair, so
 the task cannot be solved without reordering, and a model that has not learnt it scores near zero BLEU.
 
-Command line: ``python -m fairseq_bahdanau.synthetic OUT_DIR [--train N --valid N --test N --seed S]`` writes
+Command line: ``python -m fairseq_bahdanau.synthetic OUT_DIR [--train N --valid N --test N --seed S --max-phrases K]`` writes
 ``{train,valid,test}.{src,tgt}``.
 """
 
@@ -70,13 +70,15 @@ class Lexicon:
         return " ".join(src), " ".join(tgt)
 
 
-def write_corpus(out_dir: str, train: int = 4000, valid: int = 200, test: int = 200, seed: int = 1) -> None:
-    """Write ``{train,valid,test}.{src,tgt}`` under ``out_dir`` (deterministic for a seed)."""
+def write_corpus(out_dir: str, train: int = 4000, valid: int = 200, test: int = 200, seed: int = 1,
+                 max_phrases: int = 4) -> None:
+    """Write ``{train,valid,test}.{src,tgt}`` under ``out_dir`` (deterministic for a seed). Sentences have 1 to
+    ``max_phrases`` noun phrases (1 to 2 words each) and a verb: up to ``2 * max_phrases + 1`` words."""
     os.makedirs(out_dir, exist_ok=True)
     lexicon = Lexicon(seed)
     rng = random.Random(seed + 1)
     for split, size in (("train", train), ("valid", valid), ("test", test)):
-        pairs = [lexicon.sentence_pair(rng) for _ in range(size)]
+        pairs = [lexicon.sentence_pair(rng, max_phrases) for _ in range(size)]
         for side, index in (("src", 0), ("tgt", 1)):
             with open(os.path.join(out_dir, f"{split}.{side}"), "w", encoding="utf-8") as f:
                 f.writelines(pair[index] + "\n" for pair in pairs)
@@ -89,8 +91,10 @@ def main() -> None:
     parser.add_argument("--valid", type=int, default=200)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-phrases", type=int, default=4,
+                        help="noun phrases per sentence at most (sentences of up to 2 x this + 1 words)")
     args = parser.parse_args()
-    write_corpus(args.out_dir, args.train, args.valid, args.test, args.seed)
+    write_corpus(args.out_dir, args.train, args.valid, args.test, args.seed, args.max_phrases)
 
 
 if __name__ == "__main__":
