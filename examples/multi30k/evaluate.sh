@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 3 of the Multi30k recipe: translate test2016 (or valid) with beam search, detokenize, score with sacreBLEU.
 #
-#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm [test|valid]
+#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [test|valid]
 #
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
@@ -10,12 +10,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|lstm [test|valid]}"
+CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [test|valid]}"
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
 SAVE="$WORK/checkpoints/${RUN_NAME:-$CONFIG}"
-case "$CONFIG" in best|best-e512|best-sr) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
+case "$CONFIG" in best|best-e512|best-sr|encdec) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
 case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;;
   *) echo "error: unknown split $SPLIT (test or valid)" >&2; exit 1 ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 2 of the Multi30k recipe: train one configuration on $WORK/data-bin (made by prepare.sh).
 #
-#   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|lstm [fairseq-train options]
+#   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [fairseq-train options]
 #
 # Options after the configuration's name are passed to fairseq-train after the configuration's own, so an
 # option that takes a value overrides the configuration's (e.g. `RUN_NAME=best-d4 train.sh best --dropout 0.4`);
@@ -18,6 +18,8 @@
 #           the training split (Kudo 2018: from the 64 best, alpha 0.1); epoch 1 and validation use the usual one.
 # best-decay: best with a linear learning-rate decay (1.5e-3 after 300 warm-up updates, to 0 at update UPDATES)
 #           in place of halving on plateaus: the same quality in our run, from its checkpoint_best.pt.
+# encdec:   best without attention (--attention-type none: the fixed context [h->_Tx; h<-_1] at every step, the
+#           paper's RNNencdec baseline), the same recipe and budget, for the comparison by sentence length.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, default the
@@ -26,7 +28,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|lstm [fairseq-train options]}"
+CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [fairseq-train options]}"
 shift  # what is left in "$@" goes to fairseq-train after the configuration's options
 for option in "$@"; do
   case "$option" in --save-dir|--save-dir=*)
@@ -53,11 +55,14 @@ case "$CONFIG" in
     ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru
           --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 10
           --criterion cross_entropy) ;;
-  best|best-e512|best-sr|best-decay)
+  best|best-e512|best-sr|best-decay|encdec)
     ARGS=(--user-dir "$ROOT/fairseq_bahdanau" --arch bahdanau_gru --init-range 0.1
           --dropout 0.3 --word-dropout 0.1 --decoder-out-embed-dim 256 --share-decoder-input-output-embed
           --optimizer adam --clip-norm 1.0 --batch-size 128
           --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-epoch 40 --stop-time-hours "$HOURS")
+    if [ "$CONFIG" = encdec ]; then
+      ARGS+=(--attention-type none)
+    fi
     if [ "$CONFIG" = best-e512 ]; then
       ARGS+=(--encoder-embed-dim 512 --decoder-embed-dim 512 --decoder-out-embed-dim 512 --autocast-bf16)
     fi
@@ -72,7 +77,7 @@ case "$CONFIG" in
           --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 256 --dropout 0.3
           --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 12 --stop-time-hours "$HOURS"
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
-  *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay or lstm)" >&2; exit 1 ;;
+  *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay, encdec or lstm)" >&2; exit 1 ;;
 esac
 ARGS+=("$@")
 if [[ " ${ARGS[*]} " == *" --autocast-bf16 "* ]]; then  # generic bfloat16 code is many times slower than float32
