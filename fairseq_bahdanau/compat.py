@@ -64,6 +64,12 @@ for exactly that reason.
    ``--fp16`` keeps its float32 master weights in one flat buffer that fairseq places on
    ``torch.cuda.current_device()`` ("Torch not compiled with CUDA enabled" on a CPU-only torch). On CPU the
    master weights are kept per parameter instead (fairseq's own ``--fp16-no-flatten-grads``).
+``diverse_beam_batch_positions``
+   ``DiverseBeamSearch`` (``--diverse-beam-groups``) indexes its per-sentence overlap counts, one row per
+   sentence of the batch, with ``original_batch_idxs``, which ``SequenceGenerator`` fills with the sentences'
+   dataset ids (``sample["id"]``): any batch but the first fails with ``IndexError: index 71 is out of bounds for
+   dimension 0 with size 64`` (with fairseq's own ``lstm`` too). The ids are mapped to their rows in the batch
+   the search started with.
 """
 
 import argparse
@@ -405,6 +411,24 @@ def fp16_on_cpu() -> Callable:
     return _fix_call_main(unflattened_fp16_on_cpu)
 
 
+def diverse_beam_batch_positions() -> Callable:
+    from fairseq.search import DiverseBeamSearch
+
+    original_fn = DiverseBeamSearch.step
+
+    def step(self, step: int, lprobs, scores, prev_output_tokens=None, original_batch_idxs=None):
+        if original_batch_idxs is not None:
+            if step == 0:  # the batch the overlap counts are laid out for
+                self._batch_ids = original_batch_idxs.clone()
+            rows = original_batch_idxs.unsqueeze(1).eq(self._batch_ids.unsqueeze(0))  # remaining x started
+            original_batch_idxs = rows.long().argmax(dim=1)
+        return original_fn(self, step, lprobs, scores, prev_output_tokens, original_batch_idxs)
+
+    step.__doc__ = original_fn.__doc__
+    DiverseBeamSearch.step = step
+    return original_fn
+
+
 #: Every patch, in the order it is applied.
 PATCHES: List[Patch] = [
     Patch("allow_checkpoint_types", allow_checkpoint_types),
@@ -417,6 +441,7 @@ PATCHES: List[Patch] = [
     Patch("cpu_ddp", cpu_ddp),
     Patch("bf16_without_tpu", bf16_without_tpu),
     Patch("fp16_on_cpu", fp16_on_cpu),
+    Patch("diverse_beam_batch_positions", diverse_beam_batch_positions),
 ]
 
 

@@ -103,6 +103,22 @@ def test_without_attention_trains_and_generates_and_refuses_alignments(data, tmp
     assert refused.returncode != 0 and "--print-alignment needs attention weights" in refused.stderr
 
 
+@pytest.mark.parametrize("options", [
+    ["--beam", "6", "--diverse-beam-groups", "2", "--nbest", "6"],  # compat.py: diverse_beam_batch_positions
+    ["--beam", "4", "--diversity-rate", "0.5"],
+    ["--sampling", "--sampling-topk", "5", "--beam", "2", "--nbest", "2", "--seed", "3"],
+    ["--sampling", "--sampling-topp", "0.9", "--beam", "2", "--nbest", "2", "--seed", "3"],
+    ["--beam", "4", "--no-repeat-ngram-size", "2", "--match-source-len", "--prefix-size", "1"],
+], ids=["diverse-beam-groups", "diversity-rate", "sampling-topk", "sampling-topp", "constrained-length"])
+def test_every_search_strategy_generates(data, trained, options):
+    """Batches of 16 (the diverse beam search bug needs a batch other than the first)."""
+    out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
+              str(trained / "checkpoint_best.pt"), "--batch-size", "16", "--cpu", *options).stdout
+    found = hypotheses(out)
+    nbest = int(options[options.index("--nbest") + 1]) if "--nbest" in options else 1
+    assert sorted(found) == list(range(100)) and all(len(h) == nbest for h in found.values())
+
+
 def test_interactive_translates_stdin(data, trained, tmp_path):
     raw = (data / "raw/test.src").read_text().splitlines()[:5]
     refs = (data / "raw/test.tgt").read_text().splitlines()[:5]

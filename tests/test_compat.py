@@ -230,3 +230,29 @@ def test_unpatched_fp16_optimizer_puts_its_master_weights_on_a_gpu_and_patched_d
     assert cfg.common.fp16_no_flatten_grads
     master = FP16Optimizer.build_fp32_params(cfg.distributed_training, params, flatten=False)
     assert master[0].dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+def diverse_beam_steps(step_fn, ids):
+    """Two steps of DiverseBeamSearch (2 groups, beam 4) over a batch of 2 sentences with dataset ids ``ids``."""
+    from fairseq.search import DiverseBeamSearch
+
+    from helpers import dictionary
+
+    search = DiverseBeamSearch(dictionary(10), num_groups=2, diversity_strength=0.5)
+    lprobs = torch.randn(2, 4, 10, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    scores = torch.zeros(2, 4, 1)
+    step_fn(search, 0, lprobs, None, None, ids)
+    return step_fn(search, 1, lprobs, scores, None, ids)
+
+
+def test_unpatched_diverse_beam_search_indexes_rows_with_dataset_ids_and_patched_maps_them():
+    ids = torch.tensor([26, 71])  # the batch's sentences' ids in the dataset, as SequenceGenerator passes them
+    with pytest.raises(IndexError):
+        diverse_beam_steps(compat.original("diverse_beam_batch_positions"), ids)
+    patched = diverse_beam_steps(lambda search, *args: search.step(*args), ids)
+    expected = diverse_beam_steps(lambda search, *args: search.step(*args), torch.tensor([0, 1]))
+    for got, want in zip(patched, expected):  # the same as for a batch whose ids are its rows
+        assert torch.equal(got, want)
