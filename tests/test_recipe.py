@@ -96,6 +96,18 @@ def test_train_sh_refuses_bfloat16_on_cpus_without_it(work):
     assert proc.returncode == 1 and "no fast bfloat16" in proc.stderr
 
 
+@pytest.mark.parametrize("fast, precision, bf16", [("True", "", True), ("False", "", False), ("True", "fp32", False)])
+def test_train_sh_best_uses_bfloat16_where_it_is_fast(work, fast, precision, bf16):
+    env = {"FAST_BF16": fast, **({"PRECISION": precision} if precision else {})}
+    proc = script(work, "train.sh", "best", **env)
+    assert "fairseq-train failed" in proc.stderr  # it got as far as starting the (stand-in) fairseq-train
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("fairseq-train"))
+    assert ("--autocast-bf16" in command) == bf16
+    assert ("precision: bfloat16 autocast" if bf16 else "precision: float32") in proc.stdout
+    proc = script(work, "train.sh", "best", PRECISION="fp16")
+    assert proc.returncode == 1 and "PRECISION must be auto, fp32 or bf16" in proc.stderr
+
+
 def test_train_sh_shows_why_fairseq_train_failed(work):
     """The console shows only epoch summaries; a failure shows the end of train.log, and the options passed
     after the configuration reach fairseq-train, in RUN_NAME's directory."""
