@@ -175,8 +175,23 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         raise NotImplementedError
 
     def _features_dim(self) -> int:
-        """Size of the output layer's input."""
-        raise NotImplementedError
+        """Size of the output layer's input: by default the paper's ``[s_i; c_i; E y_{i-1}]``."""
+        return self.hidden_size + self.encoder_output_dim + self.embed_dim
+
+    def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
+        """The source side of a new batch (see ``_source``): the attention's keys and values over the annotations
+        and the padding bias. In incremental decoding beam search's copies of a sentence (consecutive rows) share
+        one row, so that the source side is neither computed nor reordered per hypothesis."""
+        annotations = encoder_out["encoder_out"][0].transpose(0, 1)
+        padding_mask = encoder_out["encoder_padding_mask"][0]
+        copies = row_copies(encoder_out)
+        if incremental and copies > 1:  # B*beam x S x C -> B x S x C
+            annotations, padding_mask = annotations[::copies], padding_mask[::copies]
+        annotations = annotations.contiguous()
+        keys = self.attention.precompute(annotations)
+        values = self._values(annotations)
+        keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
+        return Source(keys, values, padding_bias(padding_mask, values.dtype))
 
     def _values(self, annotations: Tensor) -> Tensor:
         """What the attention weights sum, from the annotations (B x S x C), once per sentence."""
@@ -197,8 +212,9 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         raise NotImplementedError
 
     def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
-        """The output layer's input, B x T x F, from the steps' outputs, contexts and input embeddings."""
-        raise NotImplementedError
+        """The output layer's input, B x T x F, from the steps' outputs, contexts and input embeddings: by default
+        ``[s_i; c_i; E y_{i-1}]`` (the paper's eq. 4)."""
+        return torch.cat([self.dropout_module(outputs), contexts, inputs], dim=-1)
 
     # ------------------------------------------------------------------ fairseq interface
 
@@ -279,25 +295,15 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
     # ------------------------------------------------------------------ the recurrence
 
     def _source(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> Source:
-        """The source side, computed once per sentence and, in incremental decoding, cached for all later steps.
-        With beam search's copies of a sentence in consecutive rows, one row per sentence is kept, so that the
-        source side is neither computed nor reordered per hypothesis."""
-        if incremental_state is not None:
-            cached = self.get_incremental_state(incremental_state, "source")
-            if cached is not None:
-                return Source(cached["keys"], cached["values"], cached["mask_bias"])
-        annotations = encoder_out["encoder_out"][0].transpose(0, 1)
-        padding_mask = encoder_out["encoder_padding_mask"][0]
-        copies = row_copies(encoder_out)
-        if incremental_state is not None and copies > 1:  # B*beam x S x C -> B x S x C
-            annotations, padding_mask = annotations[::copies], padding_mask[::copies]
-        annotations = annotations.contiguous()
-        keys = self.attention.precompute(annotations)
-        values = self._values(annotations)
-        keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
-        source = Source(keys, values, padding_bias(padding_mask, values.dtype))
-        if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "source", source._asdict())
+        """The source side, computed once per sentence (``_new_source``) and, in incremental decoding, cached
+        for all later steps."""
+        if incremental_state is None:
+            return self._new_source(encoder_out, incremental=False)
+        cached = self.get_incremental_state(incremental_state, "source")
+        if cached is not None:
+            return Source(cached["keys"], cached["values"], cached["mask_bias"])
+        source = self._new_source(encoder_out, incremental=True)
+        self.set_incremental_state(incremental_state, "source", source._asdict())
         return source
 
     def _initial_state(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> State:
@@ -345,24 +351,25 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         first = self.layers[0]
         steps = emb.size(1)
         weights, source = self._step_weights(steps, source)
-        given = emb.unbind(1)
         if next_input is None:
             # unbind, not [:, t]: the backward of one indexing per step would zero-fill B x T x 3H each time
             all_gates = first.embedding_gates(emb).unbind(1)
-        outputs, contexts, attns, inputs = [], [], [], []
-        step_emb = given[0]
+        else:
+            step_emb, inputs = emb.unbind(1)[0], []
+        outputs, contexts, attns = [], [], []
         for t in range(steps):
-            gates = all_gates[t] if next_input is None else first.embedding_gates(step_emb)
+            if next_input is None:
+                gates = all_gates[t]
+            else:
+                gates = first.embedding_gates(step_emb)
+                inputs.append(step_emb)
             step = self._step(gates, weights, state, source)
             state = step.state
             outputs.append(step.output)
             contexts.append(step.context)
             attns.append(step.attn)
-            inputs.append(step_emb)
             if next_input is not None:
                 step_emb = next_input(t, step, step_emb)
-            elif t + 1 < steps:
-                step_emb = given[t + 1]
         return Run(
             outputs=torch.stack(outputs, dim=1),
             contexts=None if contexts[0] is None else torch.stack(contexts, dim=1),
@@ -400,9 +407,6 @@ class AdditiveGRUDecoder(AttentionGRUDecoder):
     def _feed_dim(self) -> int:
         return self.encoder_output_dim  # c_i
 
-    def _features_dim(self) -> int:
-        return self.hidden_size + self.encoder_output_dim + self.embed_dim  # [s_i; c_i; E y_{i-1}]
-
     def _values(self, annotations: Tensor) -> Tensor:
         """``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context part of the first GRU layer's input
         weights: since ``W_c c_i = sum_j alpha_ij W_c h_j``, one weighted sum per step then gives both the context
@@ -432,8 +436,6 @@ class AdditiveGRUDecoder(AttentionGRUDecoder):
         hidden = self._update(emb_gates + context_gates, hidden_gates, state)  # s_i = GRU([E y_{i-1}; c_i], s_{i-1})
         return Step(State(hidden, None), output=hidden[-1], context=context, attn=attn)
 
-    def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
-        return torch.cat([self.dropout_module(outputs), contexts, inputs], dim=-1)
 
 
 class LuongGRUDecoder(AttentionGRUDecoder):
@@ -483,30 +485,18 @@ class FixedContextGRUDecoder(AttentionGRUDecoder):
     def _feed_dim(self) -> int:
         return self.encoder_output_dim  # c
 
-    def _features_dim(self) -> int:
-        return self.hidden_size + self.encoder_output_dim + self.embed_dim  # [s_i; c; E y_{i-1}]
-
-    def _source(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> Source:
-        """keys: ``W_c c`` (B x 3H), values: ``c`` (B x C), once per sentence. One row per hypothesis in beam
-        search (the rows are 3H + C wide, so reordering them costs less than grouping them would)."""
-        if incremental_state is not None:
-            cached = self.get_incremental_state(incremental_state, "source")
-            if cached is not None:
-                return Source(cached["keys"], cached["values"], cached["mask_bias"])
+    def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
+        """keys: ``W_c c`` (B x 3H), values: ``c`` (B x C). One row per hypothesis in beam search (the rows are
+        3H + C wide, so reordering them costs less than grouping them would)."""
         context = encoder_out["encoder_summary"][0]
         gates = F.linear(context, self.layers[0].feed_weight)
         padding_mask = encoder_out["encoder_padding_mask"][0]
-        source = Source(precision.cast(gates), precision.cast(context), padding_bias(padding_mask, context.dtype))
-        if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "source", source._asdict())
-        return source
+        return Source(precision.cast(gates), precision.cast(context), padding_bias(padding_mask, context.dtype))
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
         hidden = self._update(emb_gates + source.keys, self._hidden_gates(state, weights), state)  # s_i
         return Step(State(hidden, None), output=hidden[-1], context=source.values, attn=None)
 
-    def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
-        return torch.cat([self.dropout_module(outputs), contexts, inputs], dim=-1)
 
 
 class ScheduledFeeding:
@@ -517,7 +507,7 @@ class ScheduledFeeding:
 
     def __init__(self, decoder: AttentionGRUDecoder, emb: Tensor) -> None:
         self.decoder = decoder
-        self.emb = emb
+        self.given = emb.unbind(1)  # not emb[:, t]: see AttentionGRUDecoder._run
         self.use_reference = torch.rand(emb.size(1)) < decoder.teacher_forcing_ratio
         self.steps: List[Tensor] = []
 
@@ -526,8 +516,10 @@ class ScheduledFeeding:
         features = self.decoder._features(step.output.unsqueeze(1), context, step_emb.unsqueeze(1))
         logits = self.decoder.output_layer(features).squeeze(1)
         self.steps.append(logits)
-        if t + 1 >= self.emb.size(1) or self.use_reference[t + 1]:
-            return self.emb[:, min(t + 1, self.emb.size(1) - 1)]
+        if t + 1 == len(self.given):  # the last step: its logits were all that was needed
+            return step_emb
+        if self.use_reference[t + 1]:
+            return self.given[t + 1]
         return self.decoder._embed(logits.argmax(dim=-1).unsqueeze(1)).squeeze(1)
 
     def logits(self) -> Tensor:

@@ -224,11 +224,9 @@ class BiGRUEncoder(FairseqEncoder):
             blocks = new_order.view(-1, new_copies)[:, 0] // new_copies if new_copies == copies else new_order
             if torch.equal(blocks, torch.arange(blocks.numel(), device=blocks.device)):
                 return encoder_out  # every row gets itself or a copy of itself
-        reordered = {
-            "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
-            "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
-            "decoder_init": [encoder_out["decoder_init"][0].index_select(0, new_order)],
-            "encoder_summary": [encoder_out["encoder_summary"][0].index_select(0, new_order)],
+        reordered = {  # the annotations are time-major (S x B x C), every other entry batch-first
+            key: [value[0].index_select(1 if key == "encoder_out" else 0, new_order)]
+            for key, value in encoder_out.items() if key != ROW_COPIES
         }
         if new_copies > 1:
             reordered[ROW_COPIES] = [torch.tensor(new_copies)]

@@ -87,11 +87,15 @@ def valid_losses(log: str) -> List[float]:
     return [float(x) for x in re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", log)]
 
 
+def tool_env(**extra: str) -> dict:
+    """The environment of the fairseq tools the tests start: one thread each, no Python warnings."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+
+
 def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str = None) -> subprocess.CompletedProcess:
     """Run a fairseq console script from this environment; stdout and stderr are captured as text."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(
-        [os.path.join(BIN, tool), *args], input=stdin, capture_output=True, text=True, env=env, cwd=cwd
+        [os.path.join(BIN, tool), *args], input=stdin, capture_output=True, text=True, env=tool_env(), cwd=cwd
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

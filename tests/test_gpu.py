@@ -16,7 +16,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from helpers import BIN, USER_DIR, batch, build_model, run, valid_losses
+from helpers import BIN, USER_DIR, batch, build_model, run, tool_env, valid_losses
 
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -88,10 +88,9 @@ def test_fairseq_train_reduced_precision_on_gpu_learns_and_generates(data, tmp_p
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_torchrun_two_gpus(data, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
                            os.path.join(BIN, "fairseq-train"), str(data / "bin"), *TRAIN, "--max-epoch", "2",
-                           "--save-dir", str(tmp_path)], capture_output=True, text=True, env=env)
+                           "--save-dir", str(tmp_path)], capture_output=True, text=True, env=tool_env())
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "training on 2 devices" in out

@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from helpers import BIN, USER_DIR, corpus, run
+from helpers import BIN, USER_DIR, corpus, run, tool_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EPOCHS = 2
@@ -29,10 +29,6 @@ EPOCHS = 2
 TRAIN = ["--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--dropout", "0", "--optimizer", "adam",
          "--lr", "0.01", "--max-tokens", "300", "--cpu", "--num-workers", "0", "--seed", "3",
          "--log-format", "simple", "--log-interval", "1", "--data-buffer-size", "0"]
-
-
-def env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=HERE)
 
 
 def free_port() -> int:
@@ -45,7 +41,7 @@ def torchrun(*args: str, log, env=None, **kwargs) -> subprocess.Popen:
     """Start ``torchrun ARGS`` with its output (the launcher's and its workers') going to the file ``log``."""
     with open(log, "w") as out:
         proc = subprocess.Popen([os.path.join(BIN, "torchrun"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env or globals()["env"](), **kwargs)
+                                env=env or tool_env(PYTHONPATH=HERE), **kwargs)
     proc.log = log
     return proc
 
@@ -126,7 +122,7 @@ def test_torchrun_two_nodes_legacy_ddp_trains_like_one_process_and_validates_ali
                       "127.0.0.1", "--master-port", port, os.path.join(HERE, "fairseq_train_every_rank.py"),
                       str(data / "bin"), *TRAIN, "--ddp-backend", "legacy_ddp", "--max-epoch", str(EPOCHS),
                       "--save-dir", str(save), log=tmp_path / f"node{rank}.log",
-                      env=dict(env(), VALID_LOSS_DIR=str(losses)))
+                      env=tool_env(PYTHONPATH=HERE, VALID_LOSS_DIR=str(losses)))
              for rank in (0, 1)]
     out = [finish(node) for node in nodes]
     assert "training on 2 devices" in out[0]

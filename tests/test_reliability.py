@@ -13,7 +13,7 @@ import torch
 
 from fairseq_bahdanau.compat import CheckpointError
 from fairseq_bahdanau.synthetic import Lexicon, write_corpus
-from helpers import BIN, TRAIN, USER_DIR, preprocess, run
+from helpers import BIN, TRAIN, USER_DIR, preprocess, run, tool_env
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_training_killed_mid_epoch_resumes_and_loses_nothing(model, tmp_path):
     data, _, _ = model
     command = [os.path.join(BIN, "fairseq-train"), str(data), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
                "--max-epoch", "3", "--save-interval-updates", "8", "--keep-interval-updates", "2", *TRAIN]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = tool_env()
     clean = subprocess.run(command + ["--save-dir", str(tmp_path / "clean")], capture_output=True, text=True, env=env)
     assert clean.returncode == 0, clean.stderr[-2000:]
 
