@@ -77,6 +77,15 @@ class _AdditiveEnergies(torch.autograd.Function):
         return grad_keys, grad_pre.sum(2), grad_v
 
 
+def additive_energies(keys: Tensor, query: Tensor, v: Tensor) -> Tensor:
+    """``e = tanh(keys + query) v`` (eq. 6): keys B x S x A, query B x G x A, v A -> B x G x S; under autograd
+    through ``_AdditiveEnergies``, which saves the memory of the tanh."""
+    if not torch.jit.is_scripting():  # TorchScript cannot compile autograd functions (and needs no backward)
+        if deferred.recording():
+            return _AdditiveEnergies.apply(keys, query, v)
+    return torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(v)
+
+
 class AdditiveAttention(nn.Module):
     """Bahdanau et al. (2015), Section 3.1 and Appendix A.1.2.
 
@@ -110,11 +119,7 @@ class AdditiveAttention(nn.Module):
         forward, so that the values' gradient is formed once for all steps."""
         groups = keys.size(0)
         query = projected_query.view(groups, -1, projected_query.size(1))  # B x G x A
-        if deferred.recording():
-            energies = _AdditiveEnergies.apply(keys, query, self.v)  # B x G x S
-        else:
-            energies = torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(self.v)
-        return weigh(energies, values, mask_bias, values_tape)
+        return weigh(additive_energies(keys, query, self.v), values, mask_bias, values_tape)
 
     def forward(
         self,

@@ -29,7 +29,7 @@ multiply for all steps) and the whole output layer (applied once after the loop)
 same loop with a hook that chooses each next input (``ScheduledFeeding``).
 """
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,18 @@ IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 def _select(cache: Dict[str, Optional[Tensor]], order: Tensor) -> Dict[str, Optional[Tensor]]:
-    return {k: (None if v is None else v.index_select(0, order)) for k, v in cache.items()}
+    """Every cached tensor's rows in ``order``."""
+    selected: Dict[str, Optional[Tensor]] = {}
+    for key, value in cache.items():
+        selected[key] = None if value is None else value.index_select(0, order)
+    return selected
+
+
+def _cached(cache: Dict[str, Optional[Tensor]], key: str) -> Tensor:
+    """A tensor the incremental cache must hold."""
+    value = cache[key]
+    assert value is not None, key
+    return value
 
 
 class Source(NamedTuple):
@@ -102,10 +113,6 @@ class Run(NamedTuple):
     state: State  # after the last step
     inputs: Tensor  # B x T x E: the embeddings that were fed (with scheduled feeding, some are predictions')
 
-
-#: A next-input hook: (step index t, step t's results, its input embedding B x E) -> the embedding to feed at
-#: step t + 1 (B x E). Without one, the loop feeds the given (teacher-forced) embeddings.
-NextInput = Callable[[int, Step, Tensor], Tensor]
 
 
 class AttentionGRUDecoder(FairseqIncrementalDecoder):
@@ -214,6 +221,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
     def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
         """The output layer's input, B x T x F, from the steps' outputs, contexts and input embeddings: by default
         ``[s_i; c_i; E y_{i-1}]`` (the paper's eq. 4)."""
+        assert contexts is not None
         return torch.cat([self.dropout_module(outputs), contexts, inputs], dim=-1)
 
     # ------------------------------------------------------------------ fairseq interface
@@ -224,8 +232,8 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         encoder_out: Optional[EncoderOut] = None,
         incremental_state: Optional[IncrementalState] = None,
         features_only: bool = False,
-        **kwargs,
-    ) -> Tuple[Tensor, Dict[str, List[Tensor]]]:
+        src_lengths: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Dict[str, List[Optional[Tensor]]]]:
         """Score the next token at every target position.
 
         Args:
@@ -234,6 +242,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             encoder_out: the encoder's dict.
             incremental_state: fairseq's per-generation cache, or None for a full forward.
             features_only: return the output layer's input features (B x T x F) instead of logits.
+            src_lengths: unused (fairseq's decoders accept it).
         Returns:
             logits B x T x V (or features) and ``{"attn": [B x T x S]}`` (``[None]`` without attention).
         """
@@ -243,15 +252,17 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         source = self._source(encoder_out, incremental_state)
         state = self._initial_state(encoder_out, incremental_state)
         emb = self._embed(prev_output_tokens)
-        scheduled = None
-        if self.training and self.teacher_forcing_ratio < 1.0 and incremental_state is None:
-            scheduled = ScheduledFeeding(self, emb)
-        run = self._run(emb, state, source, scheduled)
+        if not torch.jit.is_scripting():  # scheduled feeding is for training, which TorchScript is not
+            if self.training and self.teacher_forcing_ratio < 1.0 and incremental_state is None:
+                run, logits = ScheduledFeeding(self, emb).run(state, source)
+                extra: Dict[str, List[Optional[Tensor]]] = {"attn": [run.attn]}
+                if features_only:
+                    return self._features(run.outputs, run.contexts, run.inputs), extra
+                return logits, extra  # the loop already applied the output layer
+        run = self._run(emb, state, source)
         if incremental_state is not None:
             self._save_state(incremental_state, run.state)
-        extra: Dict[str, List[Optional[Tensor]]] = {"attn": [run.attn]}
-        if scheduled is not None and not features_only:
-            return scheduled.logits(), extra  # the loop already applied the output layer
+        extra = {"attn": [run.attn]}
         features = self._features(run.outputs, run.contexts, run.inputs)
         return (features if features_only else self.output_layer(features)), extra
 
@@ -264,7 +275,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         if self.deep_output is not None:
             x = self.deep_output(x)
             if self.output_activation == "maxout":  # t_i = [max(t~_{2j-1}, t~_{2j})]_j  (Appendix A.2.2)
-                x = x.view(*x.shape[:-1], -1, 2).amax(dim=-1)
+                x = x.unflatten(-1, (-1, 2)).amax(dim=-1)
             elif self.output_activation == "tanh":
                 x = torch.tanh(x)
             x = self.dropout_module(x)
@@ -281,11 +292,12 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             return
         source = self.get_incremental_state(incremental_state, "source")
         if source is not None:
-            group = state["hidden"].size(0) // source["keys"].size(0)
+            rows = _cached(source, "keys").size(0)
+            group = _cached(state, "hidden").size(0) // rows
             owners = block_owners(new_order, group)
             if owners is None:
                 owners = new_order // group  # one source row per hypothesis from now on
-            if not torch.equal(owners, torch.arange(source["keys"].size(0), device=owners.device)):
+            if not torch.equal(owners, torch.arange(rows, device=owners.device)):
                 self.set_incremental_state(incremental_state, "source", _select(source, owners))
         self.set_incremental_state(incremental_state, "state", _select(state, new_order))
 
@@ -301,16 +313,18 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             return self._new_source(encoder_out, incremental=False)
         cached = self.get_incremental_state(incremental_state, "source")
         if cached is not None:
-            return Source(cached["keys"], cached["values"], cached["mask_bias"])
+            return Source(_cached(cached, "keys"), _cached(cached, "values"), _cached(cached, "mask_bias"))
         source = self._new_source(encoder_out, incremental=True)
-        self.set_incremental_state(incremental_state, "source", source._asdict())
+        cache: Dict[str, Optional[Tensor]] = {"keys": source.keys, "values": source.values,
+                                               "mask_bias": source.mask_bias}
+        self.set_incremental_state(incremental_state, "source", cache)
         return source
 
     def _initial_state(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> State:
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "state")
             if cached is not None:
-                return State(list(cached["hidden"].unbind(1)), cached.get("feed"))
+                return State(_cached(cached, "hidden").unbind(1), cached.get("feed"))
         hidden = encoder_out["decoder_init"][0]  # B x L x H
         return State(list(hidden.unbind(1)), self._initial_feed(hidden))
 
@@ -323,14 +337,22 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
     def _step_weights(self, steps: int, source: Source) -> Tuple[StepWeights, Source]:
         """Arrange the step's weights for ``steps`` steps (fusing costs a weight copy: worth it for many steps,
         not for the single step of an incremental call). For several steps under autograd, the weights and the
-        attention values (in the returned source) are shared through ``deferred`` tapes."""
+        attention values (in the returned source) are shared through ``deferred`` tapes. In TorchScript
+        (inference, in the model's own dtype) the weights as they are."""
         weights = self._weights(steps)
+        if torch.jit.is_scripting():
+            return weights, source
+        else:
+            return self._shared_weights(weights, steps, source)
+
+    def _shared_weights(self, weights: StepWeights, steps: int, source: Source) -> Tuple[StepWeights, Source]:
+        """``_step_weights`` in eager mode: cast under autocast, shared through tapes for several steps under
+        autograd."""
         # under autocast, cast once here rather than at every step (a no-op otherwise)
         hidden_weight, hidden_bias = precision.cast(weights.hidden_weight), precision.cast(weights.hidden_bias)
         feed_weight = None if weights.feed_weight is None else precision.cast(weights.feed_weight)
         if steps == 1:
-            return weights._replace(hidden_weight=hidden_weight, hidden_bias=hidden_bias, feed_weight=feed_weight), \
-                source
+            return StepWeights(hidden_weight, hidden_bias, weights.fused_query, feed_weight), source
         hidden_weight, hidden_tape = deferred.share(hidden_weight)
         feed_tape = None
         if feed_weight is not None:
@@ -340,43 +362,19 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             values, values_tape = deferred.share(values)
         weights = StepWeights(hidden_weight, hidden_bias, weights.fused_query, feed_weight, feed_tape, hidden_tape,
                               values_tape)
-        return weights, source._replace(values=values)
+        return weights, Source(source.keys, values, source.mask_bias)
 
-    def _run(self, emb: Tensor, state: State, source: Source, next_input: Optional[NextInput] = None) -> Run:
-        """The recurrence over the T positions of ``emb`` (B x T x E, the embedded input tokens).
-
-        Without ``next_input`` every step is fed its given embedding (teacher forcing, and incremental decoding),
-        and the embedding part of the first layer's input gates is computed for all steps at once. With it, step
-        t + 1 is fed what the hook returns after step t."""
-        first = self.layers[0]
-        steps = emb.size(1)
-        weights, source = self._step_weights(steps, source)
-        if next_input is None:
-            # unbind, not [:, t]: the backward of one indexing per step would zero-fill B x T x 3H each time
-            all_gates = first.embedding_gates(emb).unbind(1)
-        else:
-            step_emb, inputs = emb.unbind(1)[0], []
-        outputs, contexts, attns = [], [], []
-        for t in range(steps):
-            if next_input is None:
-                gates = all_gates[t]
-            else:
-                gates = first.embedding_gates(step_emb)
-                inputs.append(step_emb)
-            step = self._step(gates, weights, state, source)
-            state = step.state
-            outputs.append(step.output)
-            contexts.append(step.context)
-            attns.append(step.attn)
-            if next_input is not None:
-                step_emb = next_input(t, step, step_emb)
-        return Run(
-            outputs=torch.stack(outputs, dim=1),
-            contexts=None if contexts[0] is None else torch.stack(contexts, dim=1),
-            attn=None if attns[0] is None else torch.stack(attns, dim=1),
-            state=state,
-            inputs=emb if next_input is None else torch.stack(inputs, dim=1),
-        )
+    def _run(self, emb: Tensor, state: State, source: Source) -> Run:
+        """The recurrence over the T positions of ``emb`` (B x T x E, the embedded input tokens), every step fed
+        its given embedding (teacher forcing, and incremental decoding): the embedding part of the first layer's
+        input gates is computed for all steps at once."""
+        weights, source = self._step_weights(emb.size(1), source)
+        # unbind, not [:, t]: the backward of one indexing per step would zero-fill B x T x 3H each time
+        steps: List[Step] = []
+        for gates in self.layers[0].embedding_gates(emb).unbind(1):
+            steps.append(self._step(gates, weights, state, source))
+            state = steps[-1].state
+        return collect(steps, emb)
 
     def _hidden_gates(self, state: State, weights: StepWeights) -> Tensor:
         """``U s_{t-1} + b_h`` of the first layer (B x 3H; with the fused query B x (3H + A))."""
@@ -385,8 +383,9 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
     def _update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> List[Tensor]:
         """``s_t = GRU(x_t, s_{t-1})`` through every layer (dropout between layers), from the first layer's gates."""
         hidden = [gru_update(input_gates, hidden_gates, state.hidden[0])]
-        for layer, previous in zip(self.layers[1:], state.hidden[1:]):
-            hidden.append(layer(self.dropout_module(hidden[-1]), previous))
+        for i, layer in enumerate(self.layers):  # (TorchScript iterates over whole module lists only)
+            if i > 0:
+                hidden.append(layer(self.dropout_module(hidden[-1]), state.hidden[i]))
         return hidden
 
     def _embed(self, tokens: Tensor) -> Tensor:
@@ -414,12 +413,12 @@ class AdditiveGRUDecoder(AttentionGRUDecoder):
         return torch.cat([annotations, F.linear(annotations, self.layers[0].feed_weight)], dim=2)
 
     def _weights(self, steps: int) -> StepWeights:
-        weights = super()._weights(steps)
+        first = self.layers[0]
         if self.num_layers > 1 or steps == 1:  # the query reads the top layer / a single step: not worth a copy
-            return weights
+            return StepWeights(first.weight_hh, first.bias_hh, fused_query=False)
         query_weight = self.attention.query_proj.weight  # W_a, A x H
-        return StepWeights(torch.cat([weights.hidden_weight, query_weight], dim=0),
-                           torch.cat([weights.hidden_bias, weights.hidden_bias.new_zeros(query_weight.size(0))]),
+        return StepWeights(torch.cat([first.weight_hh, query_weight], dim=0),
+                           torch.cat([first.bias_hh, first.bias_hh.new_zeros(query_weight.size(0))]),
                            fused_query=True)
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
@@ -457,10 +456,13 @@ class LuongGRUDecoder(AttentionGRUDecoder):
         return hidden.new_zeros(hidden.size(0), self.hidden_size)
 
     def _weights(self, steps: int) -> StepWeights:
-        return super()._weights(steps)._replace(feed_weight=self.layers[0].feed_weight)
+        first = self.layers[0]
+        return StepWeights(first.weight_hh, first.bias_hh, fused_query=False, feed_weight=first.feed_weight)
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
-        input_gates = emb_gates + deferred.linear(state.feed, weights.feed_weight, None, weights.feed_tape)
+        feed, feed_weight = state.feed, weights.feed_weight
+        assert feed is not None and feed_weight is not None
+        input_gates = emb_gates + deferred.linear(feed, feed_weight, None, weights.feed_tape)
         hidden = self._update(input_gates, self._hidden_gates(state, weights), state)  # s_t
         context, attn = self.attention(hidden[-1], source.keys, source.values, source.mask_bias, weights.values_tape)
         attentional = self.attention.attentional_state(context, hidden[-1])  # ~s_t = tanh(W_c [c_t; s_t] + b_c)
@@ -502,29 +504,53 @@ class FixedContextGRUDecoder(AttentionGRUDecoder):
 class ScheduledFeeding:
     """``--teacher-forcing-ratio < 1`` in training: at each step after the first, feed the reference token with
     that probability and otherwise the model's own greedy prediction (one coin per step for the whole batch, from
-    torch's seeded generator, as in the reference notebook). The output layer then runs inside the loop; the
-    logits of every step are kept here for one forward call."""
+    torch's seeded generator, as in the reference notebook). The output layer then runs inside the loop. One
+    object per forward call."""
 
     def __init__(self, decoder: AttentionGRUDecoder, emb: Tensor) -> None:
         self.decoder = decoder
         self.given = emb.unbind(1)  # not emb[:, t]: see AttentionGRUDecoder._run
         self.use_reference = torch.rand(emb.size(1)) < decoder.teacher_forcing_ratio
-        self.steps: List[Tensor] = []
 
-    def __call__(self, t: int, step: Step, step_emb: Tensor) -> Tensor:
-        context = None if step.context is None else step.context.unsqueeze(1)
-        features = self.decoder._features(step.output.unsqueeze(1), context, step_emb.unsqueeze(1))
-        logits = self.decoder.output_layer(features).squeeze(1)
-        self.steps.append(logits)
-        if t + 1 == len(self.given):  # the last step: its logits were all that was needed
-            return step_emb
-        if self.use_reference[t + 1]:
-            return self.given[t + 1]
-        return self.decoder._embed(logits.argmax(dim=-1).unsqueeze(1)).squeeze(1)
+    def run(self, state: State, source: Source) -> Tuple[Run, Tensor]:
+        """The recurrence, each step's input chosen after the step before; the run and its logits B x T x V."""
+        decoder = self.decoder
+        weights, source = decoder._step_weights(len(self.given), source)
+        step_emb = self.given[0]
+        steps, inputs, logits = [], [], []
+        for t in range(len(self.given)):
+            inputs.append(step_emb)
+            step = decoder._step(decoder.layers[0].embedding_gates(step_emb), weights, state, source)
+            state = step.state
+            steps.append(step)
+            context = None if step.context is None else step.context.unsqueeze(1)
+            features = decoder._features(step.output.unsqueeze(1), context, step_emb.unsqueeze(1))
+            logits.append(decoder.output_layer(features).squeeze(1))
+            if t + 1 < len(self.given):
+                if self.use_reference[t + 1]:
+                    step_emb = self.given[t + 1]
+                else:
+                    step_emb = decoder._embed(logits[-1].argmax(dim=-1).unsqueeze(1)).squeeze(1)
+        return collect(steps, torch.stack(inputs, dim=1)), torch.stack(logits, dim=1)
 
-    def logits(self) -> Tensor:
-        """B x T x V."""
-        return torch.stack(self.steps, dim=1)
+
+def collect(steps: List[Step], inputs: Tensor) -> Run:
+    """The run made of ``steps`` (T of them, in order) fed ``inputs`` (B x T x E)."""
+    contexts: List[Tensor] = []
+    attns: List[Tensor] = []
+    for step in steps:
+        context, attn = step.context, step.attn
+        if context is not None:
+            contexts.append(context)
+        if attn is not None:
+            attns.append(attn)
+    return Run(
+        outputs=torch.stack([step.output for step in steps], dim=1),
+        contexts=torch.stack(contexts, dim=1) if len(contexts) > 0 else None,
+        attn=torch.stack(attns, dim=1) if len(attns) > 0 else None,
+        state=steps[-1].state,
+        inputs=inputs,
+    )
 
 
 #: The decoder class of each --attention-type.

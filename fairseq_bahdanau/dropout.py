@@ -35,7 +35,7 @@ def drop_words(emb: Tensor, p: float, training: bool) -> Tensor:
     emb: B x T x E -> B x T x E."""
     if not training or p == 0.0:
         return emb
-    return emb * dropout(emb.new_ones(emb.shape[:-1] + (1,)), p, True)
+    return emb * dropout(emb.new_ones(emb.size(0), emb.size(1), 1), p, True)
 
 
 class Dropout(FairseqDropout):

@@ -13,15 +13,15 @@ from .dropout import Dropout, drop_words
 EncoderOut = Dict[str, List[Tensor]]
 
 #: encoder_out key: ``[tensor(k)]`` when every block of k consecutive rows holds copies of one sentence (beam search)
+#: (written out where it is used: TorchScript compiles no global strings)
 ROW_COPIES = "row_copies"
-
-#: one GRU layer's parameter names in ``nn.GRU`` (suffixed ``_l{layer}`` and, for the backward direction, ``_reverse``)
-_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def row_copies(encoder_out: EncoderOut) -> int:
     """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence, else 1."""
-    return int(encoder_out.get(ROW_COPIES, [1])[0])
+    if "row_copies" in encoder_out:
+        return int(encoder_out["row_copies"][0])
+    return 1
 
 
 def block_owners(new_order: Tensor, block: int) -> Optional[Tensor]:
@@ -112,7 +112,7 @@ class BiGRUEncoder(FairseqEncoder):
         """Size of one annotation ``h_j``: 2 x hidden size."""
         return 2 * self.hidden_size
 
-    def forward(self, src_tokens: Tensor, src_lengths: Tensor = None, **kwargs) -> EncoderOut:
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None) -> EncoderOut:
         """Encode a batch.
 
         Args:
@@ -136,8 +136,10 @@ class BiGRUEncoder(FairseqEncoder):
             left_padded = bool(padding_mask[:, 0].any())
             if left_padded:
                 x = roll_columns(x, src_len - lengths)
-            run = self._padded_gru if x.device.type == "cpu" else self._packed_gru
-            out, final = run(x, lengths)
+            if x.device.type == "cpu":
+                out, final = self._padded_gru(x, lengths)
+            else:
+                out, final = self._packed_gru(x, lengths)
             if left_padded:
                 out = roll_columns(out, lengths)
         else:
@@ -176,9 +178,10 @@ class BiGRUEncoder(FairseqEncoder):
         for layer in range(self.gru.num_layers):
             if layer > 0:
                 x = self.dropout_module(x)  # as nn.GRU between layers
-            directions = []
-            for suffix, inputs in (("", x), ("_reverse", _gather_time(x, reverse))):
-                weights = [getattr(self.gru, f"{name}_l{layer}{suffix}") for name in _GRU_PARAMS]
+            directions: List[Tensor] = []
+            for direction, inputs in enumerate([x, _gather_time(x, reverse)]):
+                first = 4 * (2 * layer + direction)  # nn.GRU's order: layer by layer, forward then backward
+                weights = self.gru._flat_weights[first : first + 4]  # weight_ih, weight_hh, bias_ih, bias_hh
                 out, _ = self._cpu_gru(inputs, h0, weights, num_layers=1, dropout=0.0, bidirectional=False)
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
@@ -224,12 +227,12 @@ class BiGRUEncoder(FairseqEncoder):
             blocks = new_order.view(-1, new_copies)[:, 0] // new_copies if new_copies == copies else new_order
             if torch.equal(blocks, torch.arange(blocks.numel(), device=blocks.device)):
                 return encoder_out  # every row gets itself or a copy of itself
-        reordered = {  # the annotations are time-major (S x B x C), every other entry batch-first
-            key: [value[0].index_select(1 if key == "encoder_out" else 0, new_order)]
-            for key, value in encoder_out.items() if key != ROW_COPIES
-        }
+        reordered: EncoderOut = {}
+        for key, value in encoder_out.items():  # the annotations are time-major (S x B x C), the rest batch-first
+            if key != "row_copies":
+                reordered[key] = [value[0].index_select(1 if key == "encoder_out" else 0, new_order)]
         if new_copies > 1:
-            reordered[ROW_COPIES] = [torch.tensor(new_copies)]
+            reordered["row_copies"] = [torch.tensor(new_copies)]
         return reordered
 
     def max_positions(self) -> int:

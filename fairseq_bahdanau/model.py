@@ -1,9 +1,11 @@
 """The ``bahdanau_gru`` fairseq model: bidirectional GRU encoder + attention GRU decoder."""
 
 import logging
+from typing import Dict, List, Optional, Tuple
 
+import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model
-from torch import nn
+from torch import Tensor, nn
 
 from .config import BahdanauGRUConfig, validate
 from .decoder import build_decoder
@@ -73,11 +75,23 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             reinitialise(model, float(cfg.init_range))
         return model
 
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
-        """The teacher-forced forward; with ``--autocast-bf16``, in training, under bfloat16 autocast (the logits
-        are then bfloat16; fairseq's criteria take their log-softmax in float32)."""
-        with training_autocast(self.autocast_bf16 and self.training, src_tokens):
-            return super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+    def forward(
+        self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor, features_only: bool = False
+    ) -> Tuple[Tensor, Dict[str, List[Optional[Tensor]]]]:
+        """The teacher-forced forward: logits B x T x V (or the output layer's input, ``features_only``) and the
+        attention. With ``--autocast-bf16``, in training, under bfloat16 autocast (the logits are then bfloat16;
+        fairseq's criteria take their log-softmax in float32)."""
+        if not torch.jit.is_scripting():  # TorchScript is for inference, in the model's own dtype
+            if self.autocast_bf16 and self.training:
+                with training_autocast(True, src_tokens):
+                    return self._forward(src_tokens, src_lengths, prev_output_tokens, features_only)
+        return self._forward(src_tokens, src_lengths, prev_output_tokens, features_only)
+
+    def _forward(
+        self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor, features_only: bool
+    ) -> Tuple[Tensor, Dict[str, List[Optional[Tensor]]]]:
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
 
     def prepare_for_inference_(self, cfg) -> None:
         """fairseq-generate / -interactive's set-up; ``--print-alignment`` needs attention weights, which the

@@ -1,0 +1,165 @@
+"""Single-sentence latency: batch 1, one thread, the test sentences in order, beam 5 and greedy.
+
+    python examples/benchmark/latency.py --data DATA_BIN [--source-lang de --target-lang en] [--sentences N]
+
+Four ways to translate, side by side in one process, taking turns sentence by sentence (so that this machine's
+drift from minute to minute falls on all of them alike):
+
+* ``lstm``: fairseq's built-in ``lstm`` at matched sizes (as in benchmark.py) through fairseq's ``SequenceGenerator``;
+* ``ours eager``: ``bahdanau_gru`` (matched) through the same generator;
+* ``ours scripted``: the same generator and model after ``torch.jit.script``;
+* ``translator``: what ``python -m fairseq_bahdanau.export`` writes, loaded back with ``torch.jit.load`` and
+  given the sentence's pieces (the dictionary look-ups and padding are inside it; sentencepiece's own encoding,
+  some microseconds, is not timed).
+
+The models are untrained (seeded), so every system is made to produce exactly the reference translation's length
+(``min_len = max_len_b = `` its token count, ``max_len_a = 0``): each sentence costs every system the same number
+of decoder steps. Reported: median and 90th-percentile milliseconds per sentence, and the ratio of lstm's median to
+each. ``--profile`` first splits one generation step at batch 1 into the model's incremental step and the
+generator's own work around it.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from benchmark import MODELS, USER_DIR  # noqa: E402  (this directory's benchmark.py)
+
+SYSTEMS = ["lstm", "ours eager", "ours scripted", "translator"]
+
+
+def build(name: str, args: argparse.Namespace):
+    """A model of benchmark.py's ``name`` (untrained, seed 1, eval mode) and its task."""
+    from fairseq import options, tasks
+
+    torch.manual_seed(1)
+    flags = [args.data, "--user-dir", USER_DIR, "--task", "translation", "--cpu", *MODELS[name]]
+    if args.source_lang:
+        flags += ["--source-lang", args.source_lang, "--target-lang", args.target_lang]
+    cfg = options.parse_args_and_arch(options.get_training_parser(), flags)
+    task = tasks.setup_task(cfg)
+    return task.build_model(cfg).eval(), task
+
+
+def set_length(generator, length: int) -> None:
+    """Make ``generator`` (eager or scripted) produce exactly ``length`` tokens before the end of sentence."""
+    generator.min_len = length
+    generator.max_len_b = length
+
+
+def percentile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def profile_step(model, generator, sample, length: int, repeats: int = 200) -> Dict[str, float]:
+    """Milliseconds of one decoder step at batch 1 x ``beam`` rows (the model's incremental forward and
+    log-softmax alone) against one whole generation step (a sentence's time over its steps)."""
+    beam = generator.beam_size
+    net = sample["net_input"]
+    with torch.no_grad():
+        encoder_out = model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
+        encoder_out = model.encoder.reorder_encoder_out(encoder_out, torch.zeros(beam, dtype=torch.long))
+        tokens = torch.full((beam, 1), model.decoder.dictionary.eos(), dtype=torch.long)
+        state: Dict = {}
+        model.decoder(tokens, encoder_out=encoder_out, incremental_state=state)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = model.decoder(tokens, encoder_out=encoder_out, incremental_state=state)
+            model.get_normalized_probs(out, log_probs=True)
+        model_ms = (time.perf_counter() - start) / repeats * 1e3
+        set_length(generator, length)
+        start = time.perf_counter()
+        for _ in range(20):
+            generator.forward(sample)
+        step_ms = (time.perf_counter() - start) / 20 / (length + 1) * 1e3
+    return {"model step": model_ms, "generation step": step_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="fairseq-preprocess output directory")
+    parser.add_argument("--source-lang")
+    parser.add_argument("--target-lang")
+    parser.add_argument("--gen-subset", default="test")
+    parser.add_argument("--sentences", type=int, default=1000, help="the first N sentences of the split")
+    parser.add_argument("--warmup", type=int, default=5, help="sentences translated first and not counted")
+    parser.add_argument("--profile", action="store_true", help="also split a generation step (see above)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from fairseq.sequence_generator import SequenceGenerator
+
+    from fairseq_bahdanau import export
+
+    lstm, task = build("lstm (matched)", args)
+    ours, _ = build("bahdanau_gru (matched)", args)
+    task.load_dataset(args.gen_subset)
+    dataset = task.dataset(args.gen_subset)
+    count = min(args.sentences + args.warmup, len(dataset))
+    src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+
+    results: Dict[int, Dict[str, List[float]]] = {}
+    profiles: Dict[int, Dict[str, Dict[str, float]]] = {}
+    for beam in (5, 1):
+        generators = {
+            "lstm": SequenceGenerator([lstm], tgt_dict, beam_size=beam, max_len_a=0),
+            "ours eager": SequenceGenerator([ours], tgt_dict, beam_size=beam, max_len_a=0),
+        }
+        generators["ours scripted"] = torch.jit.script(SequenceGenerator([ours], tgt_dict, beam_size=beam,
+                                                                         max_len_a=0))
+        with tempfile.TemporaryDirectory() as tmp:  # the translator as export writes it, loaded back
+            path = os.path.join(tmp, "translator.pt")
+            torch.jit.save(export.script([ours], task, {"beam": beam, "max_len_a": 0}), path)
+            translator = torch.jit.load(path)
+        generators["translator"] = translator.generator
+        runs: Dict[str, Callable] = {name: generators[name].forward for name in SYSTEMS[:3]}
+        times: Dict[str, List[float]] = {name: [] for name in SYSTEMS}
+        with torch.no_grad():
+            for i in range(count):
+                item = dataset[i]
+                source = item["source"]
+                sample = {"net_input": {"src_tokens": source.unsqueeze(0), "src_lengths": torch.tensor([len(source)])}}
+                pieces = [src_dict[t] for t in source[:-1].tolist()]
+                length = len(item["target"]) - 1
+                if args.profile and i == 0:
+                    profiles[beam] = {"lstm": profile_step(lstm, generators["lstm"], sample, length),
+                                      "ours eager": profile_step(ours, generators["ours eager"], sample, length)}
+                for name in SYSTEMS:
+                    set_length(generators[name], length)
+                    start = time.perf_counter()
+                    if name == "translator":
+                        translator([pieces])
+                    else:
+                        runs[name](sample)
+                    if i >= args.warmup:
+                        times[name].append((time.perf_counter() - start) * 1e3)
+        results[beam] = times
+
+    print(f"single-sentence latency, {len(results[5]['lstm'])} sentences of {args.gen_subset}, batch 1, 1 thread, "
+          f"ms per sentence (lstm's median / this one's)")
+    print("| system | beam 5 median | beam 5 p90 | vs lstm | greedy median | greedy p90 | vs lstm |")
+    print("|---|---|---|---|---|---|---|")
+    for name in SYSTEMS:
+        cells = []
+        for beam in (5, 1):
+            median = statistics.median(results[beam][name])
+            ratio = statistics.median(results[beam]["lstm"]) / median
+            cells += [f"{median:.2f}", f"{percentile(results[beam][name], 0.9):.2f}", f"{ratio:.2f}x"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for beam, profile in profiles.items():
+        for name, parts in profile.items():
+            print(f"profile, beam {beam}, {name}: model step {parts['model step']:.3f} ms of a "
+                  f"{parts['generation step']:.3f} ms generation step")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Export a trained model as one TorchScript file that translates without fairseq.
+
+    python -m fairseq_bahdanau.export --path checkpoint_best.pt --data data-bin [--spm spm.model] \\
+        --output translator.pt [--source-lang de --target-lang en] [--beam 5 --lenpen 1 ...]
+
+The file holds fairseq's own ``SequenceGenerator`` scripted with the model (or an ensemble: ``--path a.pt:b.pt``)
+inside a ``Translator`` that maps sentencepiece pieces to token ids and back with the training dictionaries, plus
+the sentencepiece model itself; ``fairseq_bahdanau.serve`` loads it with torch and sentencepiece alone. The
+generation options and their defaults are ``fairseq-interactive``'s, so that the translator writes what
+``fairseq-interactive --bpe sentencepiece --sentencepiece-model spm.model`` writes on its ``D-`` lines (one
+sentence at a time, as fairseq-interactive translates by default).
+
+The model's inference path is TorchScript-compatible as it is (``torch.jit.script(model)`` works for every
+attention type and output layer); the hand-written backwards of training are switched off in TorchScript.
+"""
+
+import argparse
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+#: names of the extra files in the exported archive (``torch.jit.save``'s ``_extra_files``)
+META_FILE = "translator.json"
+SPM_FILE = "sentencepiece.model"
+
+
+class Translator(nn.Module):
+    """A scripted generator with the dictionaries: pieces in, pieces out (the best hypothesis of each sentence).
+
+    ``forward(sentences)``: a batch of sentences as lists of pieces (sentencepiece pieces, or the tokens the model
+    was trained on) -> the best translation of each, as a list of target pieces. Pieces outside the source
+    dictionary become ``<unk>``; the batch is left-padded as fairseq's translation task pads it.
+    """
+
+    def __init__(self, generator: nn.Module, src_dict, tgt_dict, max_source_positions: int) -> None:
+        super().__init__()
+        self.generator = generator
+        self.source_index: Dict[str, int] = {symbol: i for i, symbol in enumerate(src_dict.symbols)}
+        self.target_symbols: List[str] = list(tgt_dict.symbols)
+        self.pad, self.eos, self.unk = src_dict.pad(), src_dict.eos(), src_dict.unk()
+        self.strip: List[int] = sorted(int(s) for s in generator.symbols_to_strip_from_output)
+        self.max_source_positions = max_source_positions
+
+    def encode(self, sentences: List[List[str]]) -> Dict[str, Tensor]:
+        """The generator's ``net_input``: left-padded B x S token ids (each sentence ending in EOS), B lengths."""
+        lengths = [len(pieces) + 1 for pieces in sentences]
+        width = max(lengths)
+        if width > self.max_source_positions:
+            raise ValueError(f"a sentence of {width} tokens (with end of sentence) is longer than the model's "
+                             f"{self.max_source_positions} source positions: split it")
+        tokens = torch.full((len(sentences), width), self.pad, dtype=torch.long)
+        for row, pieces in enumerate(sentences):
+            ids = [self.source_index.get(piece, self.unk) for piece in pieces] + [self.eos]
+            tokens[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        return {"src_tokens": tokens, "src_lengths": torch.tensor(lengths, dtype=torch.long)}
+
+    def forward(self, sentences: List[List[str]]) -> List[List[str]]:
+        if len(sentences) == 0:
+            return []
+        hypotheses = self.generator.forward({"net_input": self.encode(sentences)})
+        out: List[List[str]] = []
+        for nbest in hypotheses:
+            ids: List[int] = nbest[0]["tokens"].tolist()
+            pieces: List[str] = []
+            for i in ids:
+                if i not in self.strip:
+                    pieces.append(self.target_symbols[i])
+            out.append(pieces)
+        return out
+
+
+def build_generator(models: Sequence[nn.Module], task, options: Dict[str, object]) -> nn.Module:
+    """fairseq's ``SequenceGenerator`` for ``models``, as ``task.build_generator`` makes it for
+    ``fairseq-interactive`` with these generation options (fairseq's ``GenerationConfig`` fields)."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    config = GenerationConfig(**options)
+    return task.build_generator(models, config)
+
+
+def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, target_lang: Optional[str] = None):
+    """The models of ``paths`` (in eval mode) and their task, with the dictionaries of ``data``."""
+    from fairseq import checkpoint_utils
+
+    import fairseq_bahdanau  # noqa: F401  (registers the model)
+
+    overrides: Dict[str, object] = {"data": data}
+    if source_lang:
+        overrides.update(source_lang=source_lang, target_lang=target_lang)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(list(paths), arg_overrides=overrides)
+    for model in models:
+        model.eval()
+    return models, task
+
+
+def script(models: Sequence[nn.Module], task, options: Dict[str, object]) -> torch.jit.ScriptModule:
+    """The ``Translator`` of ``models`` with these generation options, scripted."""
+    generator = build_generator(models, task, options)
+    max_source = min(int(model.encoder.max_positions()) for model in models)
+    return torch.jit.script(Translator(generator, task.source_dictionary, task.target_dictionary, max_source))
+
+
+def export(paths: Sequence[str], data: str, output: str, spm: Optional[str] = None,
+           source_lang: Optional[str] = None, target_lang: Optional[str] = None,
+           options: Optional[Dict[str, object]] = None) -> None:
+    """Write the translator of the checkpoints ``paths`` to ``output`` (see the module docstring)."""
+    options = dict(options or {})
+    models, task = load(paths, data, source_lang, target_lang)
+    translator = script(models, task, options)
+    extra = {META_FILE: json.dumps({
+        "checkpoints": [os.path.abspath(p) for p in paths],
+        "source_lang": task.cfg.source_lang,
+        "target_lang": task.cfg.target_lang,
+        "generation": options,
+        "sentencepiece": spm is not None,
+    })}
+    if spm is not None:
+        with open(spm, "rb") as f:
+            extra[SPM_FILE] = f.read()
+    tmp = output + ".tmp"
+    torch.jit.save(translator, tmp, _extra_files=extra)
+    os.replace(tmp, output)  # never a half-written translator under the output's name
+
+
+#: the generation options the command passes on (fairseq's flag names; defaults are fairseq's)
+OPTIONS = {
+    "beam": int, "max_len_a": float, "max_len_b": int, "min_len": int, "lenpen": float, "unkpen": float,
+    "no_repeat_ngram_size": int, "temperature": float,
+}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", required=True, help="checkpoint(s), colon-separated for an ensemble")
+    parser.add_argument("--data", required=True, help="the data directory the model was trained on (its dict.*.txt)")
+    parser.add_argument("--output", required=True, help="the translator file to write")
+    parser.add_argument("--spm", help="the sentencepiece model the data was segmented with (omit for data that was "
+                                      "not: the translator then reads and writes space-separated tokens)")
+    parser.add_argument("--source-lang")
+    parser.add_argument("--target-lang")
+    for name, kind in OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help="as in fairseq-interactive")
+    args = parser.parse_args(argv)
+    if bool(args.source_lang) != bool(args.target_lang):
+        parser.error("give both --source-lang and --target-lang, or neither")
+    for path in args.path.split(":") + ([args.spm] if args.spm else []):
+        if not os.path.isfile(path):
+            parser.error(f"no such file: {path}")
+    options = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    export(args.path.split(":"), args.data, args.output, args.spm, args.source_lang, args.target_lang, options)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
