@@ -10,6 +10,9 @@ generation options and their defaults are ``fairseq-interactive``'s, so that the
 ``fairseq-interactive --bpe sentencepiece --sentencepiece-model spm.model`` writes on its ``D-`` lines (one
 sentence at a time, as fairseq-interactive translates by default).
 
+``--quantize`` gives the decoder's output layer int8 weights (see ``quantize_output_layer``): faster, no longer
+exactly fairseq-interactive's output.
+
 The model's inference path is TorchScript-compatible as it is (``torch.jit.script(model)`` works for every
 attention type and output layer); the hand-written backwards of training are switched off in TorchScript.
 """
@@ -99,8 +102,24 @@ def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, tar
     return models, task
 
 
-def script(models: Sequence[nn.Module], task, options: Dict[str, object]) -> torch.jit.ScriptModule:
-    """The ``Translator`` of ``models`` with these generation options, scripted."""
+def quantize_output_layer(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose decoder output layer (the deep output and the vocabulary projection, most of the
+    weights a decoder step reads) has int8 weights, with PyTorch's dynamic quantization: at a few rows per step
+    (one sentence, a small beam) the step is bound by reading weights, so it runs several times faster; the
+    results differ from float32 by the rounding of those weights."""
+    from torch.ao.quantization import quantize_dynamic
+
+    names = {name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and name in ("decoder.deep_output", "decoder.output_projection")}
+    return quantize_dynamic(model, names, dtype=torch.qint8)
+
+
+def script(models: Sequence[nn.Module], task, options: Dict[str, object],
+           quantize: bool = False) -> torch.jit.ScriptModule:
+    """The ``Translator`` of ``models`` with these generation options, scripted (``quantize``: see
+    ``quantize_output_layer``)."""
+    if quantize:
+        models = [quantize_output_layer(model) for model in models]
     generator = build_generator(models, task, options)
     max_source = min(int(model.encoder.max_positions()) for model in models)
     return torch.jit.script(Translator(generator, task.source_dictionary, task.target_dictionary, max_source))
@@ -108,16 +127,17 @@ def script(models: Sequence[nn.Module], task, options: Dict[str, object]) -> tor
 
 def export(paths: Sequence[str], data: str, output: str, spm: Optional[str] = None,
            source_lang: Optional[str] = None, target_lang: Optional[str] = None,
-           options: Optional[Dict[str, object]] = None) -> None:
+           options: Optional[Dict[str, object]] = None, quantize: bool = False) -> None:
     """Write the translator of the checkpoints ``paths`` to ``output`` (see the module docstring)."""
     options = dict(options or {})
     models, task = load(paths, data, source_lang, target_lang)
-    translator = script(models, task, options)
+    translator = script(models, task, options, quantize)
     extra = {META_FILE: json.dumps({
         "checkpoints": [os.path.abspath(p) for p in paths],
         "source_lang": task.cfg.source_lang,
         "target_lang": task.cfg.target_lang,
         "generation": options,
+        "quantized": quantize,
         "sentencepiece": spm is not None,
     })}
     if spm is not None:
@@ -142,6 +162,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--output", required=True, help="the translator file to write")
     parser.add_argument("--spm", help="the sentencepiece model the data was segmented with (omit for data that was "
                                       "not: the translator then reads and writes space-separated tokens)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="int8 weights for the decoder's output layer: several times faster one sentence at a "
+                             "time on CPUs; translations may differ slightly from the float32 model's")
     parser.add_argument("--source-lang")
     parser.add_argument("--target-lang")
     for name, kind in OPTIONS.items():
@@ -153,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not os.path.isfile(path):
             parser.error(f"no such file: {path}")
     options = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
-    export(args.path.split(":"), args.data, args.output, args.spm, args.source_lang, args.target_lang, options)
+    export(args.path.split(":"), args.data, args.output, args.spm, args.source_lang, args.target_lang, options,
+           args.quantize)
     print(f"wrote {args.output}")
 
 

@@ -166,6 +166,16 @@ def test_translator_in_python_and_bad_files(pieces_model, tmp_path):
     assert translate([]) == []
     assert translate.meta["generation"] == {"beam": 1}
 
+    # --quantize (int8 output layer): translates, mostly as float32 does on this model
+    int8 = tmp_path / "int8.pt"
+    run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
+        str(data), "--spm", str(spm), "--output", str(int8), "--beam", "1", "--quantize")
+    lines = (raw / "test.src").read_text().splitlines()[:10]
+    quantized = load(str(int8))
+    assert quantized.meta["quantized"] and not translate.meta["quantized"]
+    same = sum(a == b for a, b in zip(quantized(lines), translate(lines)))
+    assert same >= 5, f"the int8 translator agrees with float32 on only {same} of 10 sentences"
+
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"not a translator")
     proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.serve", str(bogus)], input="x\n",

@@ -10,7 +10,7 @@ drift from minute to minute falls on all of them alike):
 * ``ours scripted``: the same generator and model after ``torch.jit.script``;
 * ``translator``: what ``python -m fairseq_bahdanau.export`` writes, loaded back with ``torch.jit.load`` and
   given the sentence's pieces (the dictionary look-ups and padding are inside it; sentencepiece's own encoding,
-  some microseconds, is not timed).
+  some microseconds, is not timed); ``translator int8``: the same with ``--quantize`` (int8 output layer).
 
 The models are untrained (seeded), so every system is made to produce exactly the reference translation's length
 (``min_len = max_len_b = `` its token count, ``max_len_a = 0``): each sentence costs every system the same number
@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from benchmark import MODELS, USER_DIR  # noqa: E402  (this directory's benchmark.py)
 
-SYSTEMS = ["lstm", "ours eager", "ours scripted", "translator"]
+SYSTEMS = ["lstm", "ours eager", "ours scripted", "translator", "translator int8"]
 
 
 def build(name: str, args: argparse.Namespace):
@@ -116,11 +116,13 @@ def main() -> None:
         }
         generators["ours scripted"] = torch.jit.script(SequenceGenerator([ours], tgt_dict, beam_size=beam,
                                                                          max_len_a=0))
-        with tempfile.TemporaryDirectory() as tmp:  # the translator as export writes it, loaded back
-            path = os.path.join(tmp, "translator.pt")
-            torch.jit.save(export.script([ours], task, {"beam": beam, "max_len_a": 0}), path)
-            translator = torch.jit.load(path)
-        generators["translator"] = translator.generator
+        translators = {}
+        with tempfile.TemporaryDirectory() as tmp:  # the translators as export writes them, loaded back
+            for name, quantize in (("translator", False), ("translator int8", True)):
+                path = os.path.join(tmp, "translator.pt")
+                torch.jit.save(export.script([ours], task, {"beam": beam, "max_len_a": 0}, quantize), path)
+                translators[name] = torch.jit.load(path)
+                generators[name] = translators[name].generator
         runs: Dict[str, Callable] = {name: generators[name].forward for name in SYSTEMS[:3]}
         times: Dict[str, List[float]] = {name: [] for name in SYSTEMS}
         with torch.no_grad():
@@ -136,8 +138,8 @@ def main() -> None:
                 for name in SYSTEMS:
                     set_length(generators[name], length)
                     start = time.perf_counter()
-                    if name == "translator":
-                        translator([pieces])
+                    if name in translators:
+                        translators[name]([pieces])
                     else:
                         runs[name](sample)
                     if i >= args.warmup:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The speed benchmark (`make benchmark`): bahdanau_gru beside fairseq's lstm and the naive per-step formulation,
 # on Multi30k when MULTI30K_DIR names a raw copy (prepared by examples/multi30k/prepare.sh), otherwise on a
-# generated corpus. Extra arguments go to benchmark.py (e.g. --steps 20, --models ..., --json out.json).
+# generated corpus. Extra arguments go to benchmark.py (e.g. --steps 20, --models ..., --json out.json); with
+# --latency first, the single-sentence latency mode (latency.py) runs instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 if [ -n "${MULTI30K_DIR:-}" ]; then
@@ -17,4 +18,9 @@ else
   fi
   DATA=(--data "$WORK/bin" --source-lang src --target-lang tgt --gen-subset test)
 fi
-"${PYTHON:-python}" "$ROOT/examples/benchmark/benchmark.py" "${DATA[@]}" "$@"
+if [ "${1:-}" = --latency ]; then  # the single-sentence mode: latency.py
+  shift
+  "${PYTHON:-python}" "$ROOT/examples/benchmark/latency.py" "${DATA[@]}" "$@"
+else
+  "${PYTHON:-python}" "$ROOT/examples/benchmark/benchmark.py" "${DATA[@]}" "$@"
+fi
