@@ -25,8 +25,12 @@ Dot / general attention, with input feeding of the attentional state ``~s``:
 Everything that does not depend on the previous step is kept out of the step loop: the attention keys (once per
 sentence, cached across incremental steps), the embedding part of the first GRU layer's input gates (one matrix
 multiply for all steps) and the whole output layer (applied once after the loop). Scheduled feeding
-(``--teacher-forcing-ratio`` below 1) is the only mode that needs the output layer inside the loop: it runs the
-same loop with a hook that chooses each next input (``ScheduledFeeding``).
+(``--teacher-forcing-ratio`` below 1) is the only mode that needs the output layer inside the loop: it runs a
+loop of its own over the same step (``ScheduledFeeding``, training only).
+
+The inference path is TorchScript-compatible (``torch.jit.script``; see ``export.py``): the training-only
+machinery (the tapes of ``deferred``, autocast's casts, scheduled feeding) is switched off by
+``torch.jit.is_scripting()``, which TorchScript treats as a constant.
 """
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
