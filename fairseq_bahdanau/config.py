@@ -82,6 +82,14 @@ class BahdanauGRUConfig(FairseqDataclass):
             "model's own prediction (1.0: plain teacher forcing, the fast path)"
         },
     )
+    layer_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "layer-normalise the gate pre-activations of every encoder and decoder GRU, input and recurrent "
+            "sides apart (Ba et al. 2016, as Nematus does); the encoder's recurrence then runs in a Python loop "
+            "instead of PyTorch's GRU kernel"
+        },
+    )
     autocast_bf16: bool = field(
         default=False,
         metadata={

@@ -44,7 +44,7 @@ from . import deferred, precision
 from .attention import AdditiveAttention, LuongAttention, padding_bias
 from .dropout import Dropout, drop_words
 from .encoder import EncoderOut, block_owners, build_embedding, row_copies
-from .gru import FedGRUCell, gru_update
+from .gru import FedGRUCell, NormGRUCell
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -142,6 +142,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         teacher_forcing_ratio: float = 1.0,
         max_positions: int = 1024,
         word_dropout: float = 0.0,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__(dictionary)
         self.attention_type = attention_type
@@ -157,9 +158,10 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
 
         self.embed_tokens = build_embedding(dictionary, embed_dim)
         self.attention = self._build_attention(attention_dim)
+        upper = NormGRUCell if layer_norm else nn.GRUCell
         self.layers = nn.ModuleList(
-            [FedGRUCell(embed_dim, self._feed_dim(), hidden_size)]
-            + [nn.GRUCell(hidden_size, hidden_size) for _ in range(num_layers - 1)]
+            [FedGRUCell(embed_dim, self._feed_dim(), hidden_size, layer_norm)]
+            + [upper(hidden_size, hidden_size) for _ in range(num_layers - 1)]
         )
         features_dim = self._features_dim()
         if out_embed_dim > 0:
@@ -386,7 +388,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
 
     def _update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> List[Tensor]:
         """``s_t = GRU(x_t, s_{t-1})`` through every layer (dropout between layers), from the first layer's gates."""
-        hidden = [gru_update(input_gates, hidden_gates, state.hidden[0])]
+        hidden = [self.layers[0].update(input_gates, hidden_gates, state.hidden[0])]
         for i, layer in enumerate(self.layers):  # (TorchScript iterates over whole module lists only)
             if i > 0:
                 hidden.append(layer(self.dropout_module(hidden[-1]), state.hidden[i]))

@@ -3,12 +3,14 @@
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import precision
 from .dropout import Dropout, drop_words
+from .gru import GRUNorms
 
 EncoderOut = Dict[str, List[Tensor]]
 
@@ -88,6 +90,7 @@ class BiGRUEncoder(FairseqEncoder):
         dropout: float,
         max_positions: int,
         word_dropout: float = 0.0,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__(dictionary)
         self.padding_idx = dictionary.pad()
@@ -106,6 +109,10 @@ class BiGRUEncoder(FairseqEncoder):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.init_state = nn.Linear(2 * hidden_size, decoder_layers * decoder_hidden_size)  # W_s
+        # --layer-norm: one GRUNorms per layer and direction, in nn.GRU's order (layer by layer, forward first)
+        self.norms: Optional[nn.ModuleList] = (
+            nn.ModuleList([GRUNorms(hidden_size) for _ in range(2 * num_layers)]) if layer_norm else None
+        )
 
     @property
     def output_dim(self) -> int:
@@ -131,12 +138,14 @@ class BiGRUEncoder(FairseqEncoder):
         x = self.dropout_module(x)
         x = x.transpose(0, 1)  # S x B x E
 
-        if padding_mask.any():
+        if padding_mask.any() or self.norms is not None:
             lengths = src_len - padding_mask.sum(dim=1)
             left_padded = bool(padding_mask[:, 0].any())
             if left_padded:
                 x = roll_columns(x, src_len - lengths)
-            if x.device.type == "cpu":
+            if self.norms is not None:
+                out, final = self._norm_gru(x, lengths)
+            elif x.device.type == "cpu":
                 out, final = self._padded_gru(x, lengths)
             else:
                 out, final = self._packed_gru(x, lengths)
@@ -187,6 +196,37 @@ class BiGRUEncoder(FairseqEncoder):
                 directions.append(out)
             x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
         return x.masked_fill(~valid.unsqueeze(2), 0.0), torch.stack(finals)
+
+    def _norm_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """``_padded_gru`` with layer-normalised gates (``--layer-norm``; see ``gru.py``), which PyTorch's GRU
+        kernels do not have: each direction's input gates for all steps in one matrix multiply, the recurrence in
+        a loop over time (a sentence's state stays as it is past its length).
+
+        x: S x B x E (right-padded), lengths: B -> annotations S x B x 2H, final states (layers * 2) x B x H.
+        """
+        assert self.norms is not None
+        steps, bsz = x.shape[:2]
+        time = torch.arange(steps, device=x.device).unsqueeze(1)  # S x 1
+        keep = (time < lengths).unsqueeze(2)  # S x B x 1
+        reverse = torch.where(keep.squeeze(2), lengths - 1 - time, time)  # S x B, its own inverse
+        finals: List[Tensor] = []
+        directions: List[Tensor] = []
+        layer_input = x
+        for i, norms in enumerate(self.norms):  # i = 2 * layer + direction
+            if i > 0 and i % 2 == 0:  # a new layer reads the one below (dropout between layers, as nn.GRU)
+                layer_input = self.dropout_module(torch.cat([directions[0], _gather_time(directions[1], reverse)], 2))
+                directions = []
+            inputs = layer_input if i % 2 == 0 else _gather_time(layer_input, reverse)
+            w_ih, w_hh, b_ih, b_hh = self.gru._flat_weights[4 * i : 4 * i + 4]
+            hidden = x.new_zeros(bsz, self.hidden_size)
+            outputs: List[Tensor] = []
+            for t, input_gates in enumerate(F.linear(inputs, w_ih, b_ih).unbind(0)):
+                hidden = torch.where(keep[t], norms.update(input_gates, F.linear(hidden, w_hh, b_hh), hidden), hidden)
+                outputs.append(hidden)
+            finals.append(hidden)
+            directions.append(torch.stack(outputs))
+        out = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
+        return out.masked_fill(~keep, 0.0), torch.stack(finals)
 
     def _full_gru(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``self.gru`` on a batch without padding (S x B x E): on the CPU the same call ``nn.GRU`` makes, through

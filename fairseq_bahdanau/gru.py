@@ -1,11 +1,22 @@
-"""The decoder's first GRU layer, whose input is the target embedding and what the attention family feeds it.
+"""GRU pieces: the update from precomputed gates, layer normalisation of the gates, and the decoder's cells.
 
-The decoder never calls the cell as a whole: the embedding part of its input gates does not depend on the
+The decoder never calls its first cell as a whole: the embedding part of its input gates does not depend on the
 previous step and is computed for all steps in one matrix multiply (``embedding_gates``); the fed part (the
-context ``c_i``, or Luong's ``~s_{t-1}``) and the hidden gates come per step; ``gru_update`` combines them with
-``torch.nn.GRUCell``'s equations. PyTorch applies the reset gate after the recurrent matrix,
+context ``c_i``, or Luong's ``~s_{t-1}``) and the hidden gates come per step; ``FedGRUCell.update`` combines them
+with ``torch.nn.GRUCell``'s equations (``gru_update``). PyTorch applies the reset gate after the recurrent matrix,
 ``r * (U_n h + b_n)``; the paper's Appendix A.2.2 applies it before, ``U (r * s)``: this model follows PyTorch.
+
+``--layer-norm`` (Ba et al. 2016, "Layer Normalization", Section 3.1 for RNNs; as Nematus normalises its GRUs)
+normalises the input pre-activations ``W x + b`` and the recurrent ones ``U h + b`` separately, each in two blocks
+with their own gain and bias: the reset and update gates' 2H together and the candidate's H
+(``GateNorm``)::
+
+    [r; z] = sigmoid(LN_x([W_r; W_z] x + b) + LN_h([U_r; U_z] h + b))
+    n      = tanh(LN_x'(W_n x + b) + r * LN_h'(U_n h + b))
+    h'     = (1 - z) * n + z * h
 """
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +38,46 @@ def gru_update(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Ten
     return candidate + update * (hidden - candidate)
 
 
-class FedGRUCell(nn.GRUCell):
-    """``nn.GRUCell`` over ``[E y; f]`` (embedding size E, fed size F), with its input weights split by part.
+class GateNorm(nn.Module):
+    """Layer normalisation of one side's gate pre-activations (... x 3H): the reset and update gates' 2H together,
+    the candidate's H apart, each with its own gain (initially 1) and bias (initially 0)."""
 
-    The parameters and their names are ``nn.GRUCell``'s (checkpoints are unchanged).
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.gates = nn.LayerNorm(2 * hidden_size)
+        self.candidate = nn.LayerNorm(hidden_size)
+
+    def forward(self, pre: Tensor) -> Tensor:
+        gates, candidate = pre.split([2 * self.hidden_size, self.hidden_size], dim=-1)
+        return torch.cat([self.gates(gates), self.candidate(candidate)], dim=-1)
+
+
+class GRUNorms(nn.Module):
+    """The two ``GateNorm``s of one layer-normalised GRU (one direction of one layer)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.input = GateNorm(hidden_size)
+        self.hidden = GateNorm(hidden_size)
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
+        """``gru_update`` with both sides normalised."""
+        return gru_update(self.input(input_gates), self.hidden(hidden_gates), hidden)
+
+
+class FedGRUCell(nn.GRUCell):
+    """``nn.GRUCell`` over ``[E y; f]`` (embedding size E, fed size F), with its input weights split by part and,
+    with ``layer_norm``, normalised gates (``norms``).
+
+    The parameters and their names are ``nn.GRUCell``'s (checkpoints are unchanged), plus ``norms`` with
+    ``layer_norm``.
     """
 
-    def __init__(self, embed_dim: int, feed_dim: int, hidden_size: int) -> None:
+    def __init__(self, embed_dim: int, feed_dim: int, hidden_size: int, layer_norm: bool = False) -> None:
         super().__init__(embed_dim + feed_dim, hidden_size)
         self.embed_dim = embed_dim
+        self.norms: Optional[GRUNorms] = GRUNorms(hidden_size) if layer_norm else None
 
     def embedding_gates(self, emb: Tensor) -> Tensor:
         """``W_e E y + b_i`` for any number of positions: ... x E -> ... x 3H."""
@@ -45,3 +87,22 @@ class FedGRUCell(nn.GRUCell):
     def feed_weight(self) -> Tensor:
         """``W_f``, the input weights of the fed part: 3H x F."""
         return self.weight_ih[:, self.embed_dim :]
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
+        """The new state from the whole input gates ``W x + b_i`` and hidden gates ``U h + b_h`` (B x 3H)."""
+        if self.norms is None:
+            return gru_update(input_gates, hidden_gates, hidden)
+        return self.norms.update(input_gates, hidden_gates, hidden)
+
+
+class NormGRUCell(nn.GRUCell):
+    """A layer-normalised ``nn.GRUCell`` (the decoder's layers above the first, with ``--layer-norm``)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.norms = GRUNorms(hidden_size)
+
+    def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
+        assert hidden is not None
+        return self.norms.update(F.linear(x, self.weight_ih, self.bias_ih),
+                                 F.linear(hidden, self.weight_hh, self.bias_hh), hidden)

@@ -16,11 +16,11 @@ logger = logging.getLogger(__name__)
 
 
 def reinitialise(model: nn.Module, init_range: float) -> None:
-    """Draw every parameter except the token embeddings (uniform in [-0.1, 0.1] already, zero at padding)
-    uniformly from [-init_range, init_range], in ``named_parameters`` order (a tied output projection is the
-    target embedding and is left alone too)."""
+    """Draw every parameter except the token embeddings (uniform in [-0.1, 0.1] already, zero at padding) and the
+    layer normalisations' gains and biases (1 and 0) uniformly from [-init_range, init_range], in
+    ``named_parameters`` order (a tied output projection is the target embedding and is left alone too)."""
     for name, param in model.named_parameters():
-        if "embed_tokens" not in name:
+        if "embed_tokens" not in name and "norms." not in name:
             nn.init.uniform_(param, -init_range, init_range)
 
 
@@ -52,6 +52,7 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             dropout=cfg.dropout,
             max_positions=cfg.max_source_positions,
             word_dropout=cfg.word_dropout,
+            layer_norm=bool(cfg.layer_norm),
         )
         decoder = build_decoder(
             str(cfg.attention_type),
@@ -68,6 +69,7 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             teacher_forcing_ratio=cfg.teacher_forcing_ratio,
             max_positions=cfg.max_target_positions,
             word_dropout=cfg.word_dropout,
+            layer_norm=bool(cfg.layer_norm),
         )
         model = cls(encoder, decoder)
         model.autocast_bf16 = bool(cfg.autocast_bf16)

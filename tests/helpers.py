@@ -107,7 +107,7 @@ def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str =
 #: every --attention-type that attends (``none`` is in VARIANTS)
 ATTENTION_TYPES = ["additive", "dot", "general"]
 #: the model variants the equations are checked on: every attention type, deeper stacks, no attention, every output
-#: layer (the first five: one of each family and a deeper stack)
+#: layer, layer normalisation (the first five: one of each family and a deeper stack)
 VARIANTS = [
     {"attention_type": "additive"},
     {"attention_type": "dot"},
@@ -118,9 +118,13 @@ VARIANTS = [
     {"attention_type": "additive", "decoder_out_embed_dim": 12, "decoder_output_activation": "maxout",
      "attention_dim": 24},
     {"attention_type": "additive", "decoder_out_embed_dim": 32, "share_decoder_input_output_embed": True},
+    {"attention_type": "additive", "layer_norm": True, "encoder_layers": 2, "decoder_layers": 2},
+    {"attention_type": "general", "layer_norm": True},
 ]
 #: test ids of VARIANTS
 IDS = [",".join(f"{k}={v}" for k, v in variant.items()) for variant in VARIANTS]
+#: the variants the costlier tests run on: one of each family, a deeper stack, and layer normalisation (deeper)
+CORE, CORE_IDS = VARIANTS[:5] + VARIANTS[8:9], IDS[:5] + IDS[8:9]
 
 
 def batch(model, lengths=(7, 3, 5, 1 + 1), tgt_len=6, left=True, seed=0):

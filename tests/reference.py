@@ -10,14 +10,29 @@ import torch
 from torch import Tensor
 
 
-def gru(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """Cho et al. (2014) GRU in PyTorch's parameterisation (gate blocks r, z, n in that order)."""
+def layer_norm(v: Tensor, norm) -> Tensor:
+    """Ba et al. (2016): (v - mean) / sqrt(variance + eps), times the gain, plus the bias (``norm``'s)."""
+    mean = v.mean()
+    variance = ((v - mean) ** 2).mean()
+    return (v - mean) / torch.sqrt(variance + norm.eps) * norm.weight + norm.bias
+
+
+def gate_norm(pre: Tensor, norm) -> Tensor:
+    """``--layer-norm`` of one side's pre-activations (3H): [r; z] (2H) and n (H) normalised apart."""
+    size = pre.numel() // 3
+    return torch.cat([layer_norm(pre[: 2 * size], norm.gates), layer_norm(pre[2 * size :], norm.candidate)])
+
+
+def gru(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, norms=None) -> Tensor:
+    """Cho et al. (2014) GRU in PyTorch's parameterisation (gate blocks r, z, n in that order); with ``norms``
+    (a ``GRUNorms``), its input and recurrent pre-activations layer-normalised."""
     size = h.numel()
-    W_r, W_z, W_n = w_ih[:size], w_ih[size : 2 * size], w_ih[2 * size :]
-    U_r, U_z, U_n = w_hh[:size], w_hh[size : 2 * size], w_hh[2 * size :]
-    r = torch.sigmoid(W_r @ x + b_ih[:size] + U_r @ h + b_hh[:size])
-    z = torch.sigmoid(W_z @ x + b_ih[size : 2 * size] + U_z @ h + b_hh[size : 2 * size])
-    n = torch.tanh(W_n @ x + b_ih[2 * size :] + r * (U_n @ h + b_hh[2 * size :]))
+    x_gates, h_gates = w_ih @ x + b_ih, w_hh @ h + b_hh  # [W_r; W_z; W_n] x + b, [U_r; U_z; U_n] h + b
+    if norms is not None:
+        x_gates, h_gates = gate_norm(x_gates, norms.input), gate_norm(h_gates, norms.hidden)
+    r = torch.sigmoid(x_gates[:size] + h_gates[:size])
+    z = torch.sigmoid(x_gates[size : 2 * size] + h_gates[size : 2 * size])
+    n = torch.tanh(x_gates[2 * size :] + r * h_gates[2 * size :])
     return (1 - z) * n + z * h
 
 
@@ -29,13 +44,14 @@ def encode(model, src: List[int]):
     for layer in range(enc.gru.num_layers):
         p = {name: getattr(enc.gru, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         q = {name: getattr(enc.gru, f"{name}_l{layer}_reverse") for name in p}
+        norms = [None, None] if enc.norms is None else [enc.norms[2 * layer], enc.norms[2 * layer + 1]]
         forward, h = [], torch.zeros(size)
         for j in range(len(x)):
-            h = gru(x[j], h, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+            h = gru(x[j], h, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], norms[0])
             forward.append(h)
         backward, h = [None] * len(x), torch.zeros(size)
         for j in reversed(range(len(x))):
-            h = gru(x[j], h, q["weight_ih"], q["weight_hh"], q["bias_ih"], q["bias_hh"])
+            h = gru(x[j], h, q["weight_ih"], q["weight_hh"], q["bias_ih"], q["bias_hh"], norms[1])
             backward[j] = h
         x = [torch.cat([f, b]) for f, b in zip(forward, backward)]
     s0 = torch.tanh(enc.init_state.weight @ torch.cat([forward[-1], backward[0]]) + enc.init_state.bias)
@@ -83,7 +99,8 @@ def decode(model, src: List[int], prev: List[int]):
             below = torch.cat([y, feed])
         new_states = []
         for layer, cell in enumerate(dec.layers):
-            s = gru(below, states[layer], cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+            s = gru(below, states[layer], cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
+                    getattr(cell, "norms", None))
             new_states.append(s)
             below = s
         states = new_states

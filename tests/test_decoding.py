@@ -6,7 +6,7 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from fairseq_bahdanau.encoder import row_copies
-from helpers import ATTENTION_TYPES, IDS, VARIANTS, batch, build_model
+from helpers import ATTENTION_TYPES, CORE, CORE_IDS, IDS, VARIANTS, batch, build_model
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)
@@ -43,7 +43,7 @@ def test_attention_sums_to_one_and_is_zero_on_padding(attention_type, left):
     assert torch.all(attn.masked_select(~pad.unsqueeze(1).expand_as(attn)) > 0)
 
 
-@pytest.mark.parametrize("overrides", VARIANTS[:5], ids=IDS[:5])
+@pytest.mark.parametrize("overrides", CORE, ids=CORE_IDS)
 @pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
 def test_padding_never_changes_a_sentence(overrides, left):
     model = build_model(**overrides)
@@ -82,7 +82,7 @@ def test_translation_alone_equals_translation_in_padded_batch(left, attention_ty
             assert abs(float(alone[0][0]["score"]) - float(together[b][0]["score"])) < 1e-5
 
 
-@pytest.mark.parametrize("overrides", VARIANTS[:5], ids=IDS[:5])
+@pytest.mark.parametrize("overrides", CORE, ids=CORE_IDS)
 def test_reordering_is_exact(overrides):
     """Reorder encoder output and incremental state mid-sentence (with repeats, as beam search does): the next
     steps equal those of a batch built in the new order from the start."""

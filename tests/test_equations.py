@@ -74,10 +74,12 @@ def test_every_parameter_gets_a_gradient(attention_type):
         assert not unused, f"parameters without gradient (ratio {ratio}): {unused}"
 
 
-def test_init_range_draws_every_parameter_but_the_embeddings():
-    default, uniform = build_model(), build_model(init_range=0.3)
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+def test_init_range_draws_every_parameter_but_the_embeddings(layer_norm):
+    default = build_model(layer_norm=layer_norm, decoder_layers=2)
+    uniform = build_model(init_range=0.3, layer_norm=layer_norm, decoder_layers=2)
     for (name, p), (_, q) in zip(default.named_parameters(), uniform.named_parameters()):
-        if "embed_tokens" in name:
+        if "embed_tokens" in name or "norms." in name:  # layer norms: gain 1, bias 0
             torch.testing.assert_close(p, q, atol=0, rtol=0)  # built identically, then left alone
         else:
             assert q.abs().max() <= 0.3 and q.abs().max() > 0.2, name  # 0.3 > any default bound here
