@@ -75,6 +75,14 @@ class BahdanauGRUConfig(FairseqDataclass):
             "equal to --decoder-embed-dim)"
         },
     )
+    share_all_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "one embedding matrix for the source, the target and the vocabulary projection (needs a joined "
+            "dictionary, fairseq-preprocess --joined-dictionary, and equal --encoder-embed-dim, --decoder-embed-dim "
+            "and --decoder-out-embed-dim; implies --share-decoder-input-output-embed)"
+        },
+    )
     teacher_forcing_ratio: float = field(
         default=1.0,
         metadata={
@@ -151,6 +159,14 @@ def validate(cfg: Any) -> None:
             "--attention-type dot scores s_t^T h_j and needs --decoder-hidden-size equal to 2 x "
             f"--encoder-hidden-size (the bidirectional state), got {cfg.decoder_hidden_size} and "
             f"{cfg.encoder_hidden_size}; use --attention-type general for other sizes"
+        )
+    if cfg.share_all_embeddings and not (
+        int(cfg.encoder_embed_dim) == int(cfg.decoder_embed_dim) == int(cfg.decoder_out_embed_dim)
+    ):
+        raise ValueError(
+            "--share-all-embeddings needs --encoder-embed-dim, --decoder-embed-dim and --decoder-out-embed-dim "
+            f"equal (one matrix for all three), got {cfg.encoder_embed_dim}, {cfg.decoder_embed_dim} and "
+            f"{cfg.decoder_out_embed_dim}"
         )
     if cfg.share_decoder_input_output_embed and int(cfg.decoder_out_embed_dim) != int(cfg.decoder_embed_dim):
         raise ValueError(

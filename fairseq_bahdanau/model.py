@@ -42,6 +42,11 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
 
         base_architecture(cfg)
         validate(cfg)
+        if cfg.share_all_embeddings and task.source_dictionary != task.target_dictionary:
+            raise ValueError(
+                "--share-all-embeddings needs one dictionary for both languages: binarize the data with "
+                "fairseq-preprocess --joined-dictionary"
+            )
         encoder = BiGRUEncoder(
             task.source_dictionary,
             embed_dim=cfg.encoder_embed_dim,
@@ -65,12 +70,14 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
             out_embed_dim=cfg.decoder_out_embed_dim,
             output_activation=str(cfg.decoder_output_activation),
             dropout=cfg.dropout,
-            share_input_output_embed=cfg.share_decoder_input_output_embed,
+            share_input_output_embed=bool(cfg.share_decoder_input_output_embed or cfg.share_all_embeddings),
             teacher_forcing_ratio=cfg.teacher_forcing_ratio,
             max_positions=cfg.max_target_positions,
             word_dropout=cfg.word_dropout,
             layer_norm=bool(cfg.layer_norm),
         )
+        if cfg.share_all_embeddings:  # the source reads the target's embedding (the projection's too)
+            encoder.embed_tokens = decoder.embed_tokens
         model = cls(encoder, decoder)
         model.autocast_bf16 = bool(cfg.autocast_bf16)
         if float(cfg.init_range) > 0.0:

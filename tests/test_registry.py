@@ -78,8 +78,32 @@ def test_unknown_attention_type_is_refused_by_the_parser(capsys):
         ({"attention_type": "dot", "decoder_hidden_size": 40}, "--attention-type dot"),
         ({"decoder_output_activation": "maxout"}, "--decoder-out-embed-dim"),
         ({"attention_type": "cosine"}, "--attention-type"),
+        ({"share_all_embeddings": True, "decoder_out_embed_dim": 32, "encoder_embed_dim": 16},
+         "--share-all-embeddings"),
+        ({"share_all_embeddings": True, "decoder_out_embed_dim": 32}, "--joined-dictionary"),  # two dictionaries
     ],
 )
 def test_bad_values_fail_at_build_time_naming_the_flag(overrides, flag):
     with pytest.raises(ValueError, match=flag):
         build_model(**overrides)
+
+
+def test_share_all_embeddings_ties_source_target_and_output():
+    import argparse
+
+    import torch
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    from fairseq_bahdanau.model import BahdanauGRUModel
+    from helpers import DummyTask, batch, dictionary
+
+    args = argparse.Namespace(share_all_embeddings=True, decoder_out_embed_dim=32, init_range=0.1)
+    ARCH_CONFIG_REGISTRY["bahdanau_gru_tiny"](args)
+    joined = dictionary(21)
+    model = BahdanauGRUModel.build_model(args, DummyTask(joined, joined))
+    shared = model.decoder.embed_tokens.weight
+    assert model.encoder.embed_tokens.weight is shared and model.decoder.output_projection.weight is shared
+    assert model.state_dict()["encoder.embed_tokens.weight"].data_ptr() == shared.data_ptr()  # one matrix saved
+    _, src, lengths, prev = batch(model)
+    model(src, lengths, prev)[0].logsumexp(-1).sum().backward()
+    assert shared.grad is not None and shared.grad[joined.nspecial:].abs().sum() > 0
