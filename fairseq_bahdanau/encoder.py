@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import precision
 from .dropout import Dropout, drop_words
-from .gru import GRUNorms
+from .gru import GRUNorms, gru_update
 
 EncoderOut = Dict[str, List[Tensor]]
 
@@ -199,8 +199,8 @@ class BiGRUEncoder(FairseqEncoder):
 
     def _norm_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """``_padded_gru`` with layer-normalised gates (``--layer-norm``; see ``gru.py``), which PyTorch's GRU
-        kernels do not have: each direction's input gates for all steps in one matrix multiply, the recurrence in
-        a loop over time (a sentence's state stays as it is past its length).
+        kernels do not have: each direction's normalised input gates for all steps in one matrix multiply and one
+        normalisation, the recurrence in a loop over time (a sentence's state stays as it is past its length).
 
         x: S x B x E (right-padded), lengths: B -> annotations S x B x 2H, final states (layers * 2) x B x H.
         """
@@ -220,8 +220,10 @@ class BiGRUEncoder(FairseqEncoder):
             w_ih, w_hh, b_ih, b_hh = self.gru._flat_weights[4 * i : 4 * i + 4]
             hidden = x.new_zeros(bsz, self.hidden_size)
             outputs: List[Tensor] = []
-            for t, input_gates in enumerate(F.linear(inputs, w_ih, b_ih).unbind(0)):
-                hidden = torch.where(keep[t], norms.update(input_gates, F.linear(hidden, w_hh, b_hh), hidden), hidden)
+            # LN works row by row, so the input side is normalised for all steps at once; only LN(U h + b) is per step
+            for t, input_gates in enumerate(norms.input(F.linear(inputs, w_ih, b_ih)).unbind(0)):
+                hidden_gates = norms.hidden(F.linear(hidden, w_hh, b_hh))
+                hidden = torch.where(keep[t], gru_update(input_gates, hidden_gates, hidden), hidden)
                 outputs.append(hidden)
             finals.append(hidden)
             directions.append(torch.stack(outputs))

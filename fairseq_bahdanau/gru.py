@@ -88,6 +88,13 @@ class FedGRUCell(nn.GRUCell):
         """``W_f``, the input weights of the fed part: 3H x F."""
         return self.weight_ih[:, self.embed_dim :]
 
+    def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
+        """The cell over its whole input ``[E y; f]`` (B x (E + F)), hidden: B x H -> B x H; with ``norms``
+        too (``nn.GRUCell.forward`` would leave them out)."""
+        assert hidden is not None
+        return self.update(F.linear(x, self.weight_ih, self.bias_ih), F.linear(hidden, self.weight_hh, self.bias_hh),
+                           hidden)
+
     def update(self, input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
         """The new state from the whole input gates ``W x + b_i`` and hidden gates ``U h + b_h`` (B x 3H)."""
         if self.norms is None:

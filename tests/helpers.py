@@ -32,13 +32,21 @@ class DummyTask:
         self.target_dictionary = tgt_dict
 
 
-def build_model(arch: str = "bahdanau_gru_tiny", seed: int = 0, **overrides) -> BahdanauGRUModel:
-    """A model of ``arch`` with ``overrides`` (flag names with underscores), in eval mode."""
+def build_model(arch: str = "bahdanau_gru_tiny", seed: int = 0, random_norms: bool = True,
+                **overrides) -> BahdanauGRUModel:
+    """A model of ``arch`` with ``overrides`` (flag names with underscores), in eval mode. With ``--layer-norm``
+    and ``random_norms`` the norms' gains and biases are drawn at random (they start at 1 and 0, where every norm
+    is interchangeable with every other, so a test could not tell if one were used in another's place)."""
     torch.manual_seed(seed)
     args = argparse.Namespace(**overrides)
     ARCH_CONFIG_REGISTRY[arch](args)
     src, tgt = dictionary(23), dictionary(19)
     model = BahdanauGRUModel.build_model(args, DummyTask(src, tgt))
+    if random_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norms." in name:
+                    p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
     return model.eval()
 
 
@@ -118,13 +126,16 @@ VARIANTS = [
     {"attention_type": "additive", "decoder_out_embed_dim": 12, "decoder_output_activation": "maxout",
      "attention_dim": 24},
     {"attention_type": "additive", "decoder_out_embed_dim": 32, "share_decoder_input_output_embed": True},
+    {"attention_type": "additive", "layer_norm": True},
     {"attention_type": "additive", "layer_norm": True, "encoder_layers": 2, "decoder_layers": 2},
     {"attention_type": "general", "layer_norm": True},
+    {"attention_type": "none", "layer_norm": True},
 ]
 #: test ids of VARIANTS
 IDS = [",".join(f"{k}={v}" for k, v in variant.items()) for variant in VARIANTS]
-#: the variants the costlier tests run on: one of each family, a deeper stack, and layer normalisation (deeper)
-CORE, CORE_IDS = VARIANTS[:5] + VARIANTS[8:9], IDS[:5] + IDS[8:9]
+#: the variants the costlier tests run on: one of each family, a deeper stack, and layer normalisation (the default
+#: model's, whose full forward fuses the query where the incremental step does not, and a deeper stack)
+CORE, CORE_IDS = VARIANTS[:5] + VARIANTS[8:10], IDS[:5] + IDS[8:10]
 
 
 def batch(model, lengths=(7, 3, 5, 1 + 1), tgt_len=6, left=True, seed=0):

@@ -8,12 +8,14 @@ from helpers import ATTENTION_TYPES, batch, build_model
 
 
 @pytest.mark.parametrize("how", ["outer autocast", "--autocast-bf16"])
-@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_mixed_precision_training_step(attention_type, how):
+@pytest.mark.parametrize("attention_type,layer_norm", [(a, False) for a in ATTENTION_TYPES] + [("additive", True)],
+                         ids=ATTENTION_TYPES + ["additive,layer_norm"])
+def test_mixed_precision_training_step(attention_type, layer_norm, how):
     """Under autocast (fairseq's --amp, or the model's own --autocast-bf16; bfloat16 on CPU here) a training step
     runs in bfloat16 and its gradients stay close to the float32 ones; --autocast-bf16 leaves evaluation in
     float32, with the same logits as without the flag."""
-    model = build_model(attention_type=attention_type, encoder_layers=2, dropout=0.0).train()  # train mode, no dropout
+    model = build_model(attention_type=attention_type, layer_norm=layer_norm, encoder_layers=2,
+                        dropout=0.0).train()  # train mode, no dropout
     _, src, lengths, prev = batch(model)
     model(src, lengths, prev)[0].logsumexp(-1).sum().backward()
     full = {name: p.grad.clone() for name, p in model.named_parameters()}

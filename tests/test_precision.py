@@ -49,13 +49,15 @@ def test_converted_model_decodes_incrementally_keeps_padding_and_stays_close_to_
     torch.testing.assert_close(full.float(), expected, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("attention_type", ["additive", "dot", "general"])
+@pytest.mark.parametrize("attention_type,layer_norm", [("additive", False), ("dot", False), ("general", False),
+                                                       ("additive", True)],
+                         ids=["additive", "dot", "general", "additive,layer_norm"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_converted_model_trains_a_step_with_gradients_close_to_float32(dtype, attention_type):
+def test_converted_model_trains_a_step_with_gradients_close_to_float32(dtype, attention_type, layer_norm):
     dtype = DTYPES[dtype]
     grads = {}
     for name, convert in (("float32", torch.float32), ("low", dtype)):
-        model = build_model(attention_type=attention_type, dropout=0.0).to(convert).train()
+        model = build_model(attention_type=attention_type, layer_norm=layer_norm, dropout=0.0).to(convert).train()
         _, src, lengths, prev = batch(model)
         logits, _ = model(src, lengths, prev)
         target = prev.roll(-1, dims=1)

@@ -100,10 +100,39 @@ def test_share_all_embeddings_ties_source_target_and_output():
     args = argparse.Namespace(share_all_embeddings=True, decoder_out_embed_dim=32, init_range=0.1)
     ARCH_CONFIG_REGISTRY["bahdanau_gru_tiny"](args)
     joined = dictionary(21)
-    model = BahdanauGRUModel.build_model(args, DummyTask(joined, joined))
+    # fairseq's translation task loads the joined dictionary twice: two equal objects, accepted as one
+    model = BahdanauGRUModel.build_model(args, DummyTask(joined, dictionary(21)))
     shared = model.decoder.embed_tokens.weight
     assert model.encoder.embed_tokens.weight is shared and model.decoder.output_projection.weight is shared
     assert model.state_dict()["encoder.embed_tokens.weight"].data_ptr() == shared.data_ptr()  # one matrix saved
+    assert (shared[joined.pad()] == 0).all()  # --init-range leaves the padding row at zero
     _, src, lengths, prev = batch(model)
     model(src, lengths, prev)[0].logsumexp(-1).sum().backward()
     assert shared.grad is not None and shared.grad[joined.nspecial:].abs().sum() > 0
+    # a saved model loads into a new one, tied as before
+    torch.manual_seed(1)
+    loaded = BahdanauGRUModel.build_model(args, DummyTask(joined, joined)).eval()
+    loaded.load_state_dict(model.state_dict())
+    assert loaded.encoder.embed_tokens.weight is loaded.decoder.output_projection.weight
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(src, lengths, prev)[0], model.eval()(src, lengths, prev)[0], atol=0, rtol=0)
+
+
+def test_share_all_embeddings_refuses_two_dictionaries_of_one_size():
+    import argparse
+
+    from fairseq.data import Dictionary
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    from fairseq_bahdanau.model import BahdanauGRUModel
+    from helpers import DummyTask, dictionary
+
+    other = Dictionary()
+    for i in range(21):
+        other.add_symbol(f"v{i}")
+    other.finalize(padding_factor=1)
+    args = argparse.Namespace(share_all_embeddings=True, decoder_out_embed_dim=32)
+    ARCH_CONFIG_REGISTRY["bahdanau_gru_tiny"](args)
+    assert len(other) == len(dictionary(21))
+    with pytest.raises(ValueError, match="--joined-dictionary"):
+        BahdanauGRUModel.build_model(args, DummyTask(dictionary(21), other))
