@@ -65,7 +65,8 @@ class BahdanauGRUConfig(FairseqDataclass):
         default=0.0,
         metadata={
             "help": "r > 0: initialise every parameter but the embeddings (and --layer-norm's gains and biases, "
-            "which stay 1 and 0) uniformly in [-r, r], as fairseq's lstm does with 0.1 (it learns faster here than PyTorch's default initialisation); 0: PyTorch's default"
+            "which stay 1 and 0) uniformly in [-r, r], as fairseq's lstm does with 0.1 (it learns faster here than "
+            "PyTorch's default initialisation); 0: PyTorch's default"
         },
     )
     share_decoder_input_output_embed: bool = field(

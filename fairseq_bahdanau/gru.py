@@ -102,14 +102,9 @@ class FedGRUCell(nn.GRUCell):
         return self.norms.update(input_gates, hidden_gates, hidden)
 
 
-class NormGRUCell(nn.GRUCell):
-    """A layer-normalised ``nn.GRUCell`` (the decoder's layers above the first, with ``--layer-norm``)."""
+class NormGRUCell(FedGRUCell):
+    """A layer-normalised ``nn.GRUCell`` (the decoder's layers above the first, with ``--layer-norm``): a
+    ``FedGRUCell`` with nothing fed, whose ``forward`` keeps the norms."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__(input_size, hidden_size)
-        self.norms = GRUNorms(hidden_size)
-
-    def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
-        assert hidden is not None
-        return self.norms.update(F.linear(x, self.weight_ih, self.bias_ih),
-                                 F.linear(hidden, self.weight_hh, self.bias_hh), hidden)
+        super().__init__(input_size, 0, hidden_size, layer_norm=True)
