@@ -123,3 +123,21 @@ def test_evaluate_sh_checks_split_and_run(work):
     assert proc.returncode == 1 and "unknown split test2016 (test or valid)" in proc.stderr
     proc = script(work, "evaluate.sh", "best", RUN_NAME="nope")
     assert proc.returncode == 1 and "checkpoints/nope is missing" in proc.stderr and "RUN_NAME" in proc.stderr
+
+
+def test_evaluate_sh_ensembles_the_runs_named_in_ensemble(work):
+    """ENSEMBLE adds runs: each one's checkpoint goes to one fairseq-generate --path, the outputs to RUN+OTHER,
+    and a missing member is named before anything runs."""
+    proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b")
+    assert proc.returncode == 1 and "checkpoints/a is missing" in proc.stderr
+    for run in "a", "b":
+        (work / "checkpoints" / run).mkdir(parents=True)
+        (work / "checkpoints" / run / "checkpoint_best.pt").write_text("")
+    proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b c")
+    assert proc.returncode == 1 and "checkpoints/c is missing" in proc.stderr
+    (work / "bin" / "fairseq-generate").write_text('#!/bin/sh\necho "fairseq-generate $*" >&2\nexit 3\n')
+    (work / "bin" / "fairseq-generate").chmod(0o755)
+    proc = script(work, "evaluate.sh", "tutorial", "valid", RUN_NAME="a", ENSEMBLE="b")
+    assert proc.returncode == 1 and "fairseq-generate failed" in proc.stderr
+    paths = f"{work}/checkpoints/a/checkpoint_best.pt:{work}/checkpoints/b/checkpoint_best.pt"
+    assert f"--path {paths} " in (work / "checkpoints" / "a+b" / "valid.beam5.log").read_text()

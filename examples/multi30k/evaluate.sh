@@ -5,7 +5,10 @@
 #
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
-#      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used).
+#      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used),
+#      ENSEMBLE (more run directories under $WORK/checkpoints, space-separated: their checkpoints, chosen or averaged
+#      as RUN_NAME's, are ensembled with it, and the outputs go to $WORK/checkpoints/RUN_NAME+OTHER+...; e.g.
+#      `ENSEMBLE=best-s2 evaluate.sh best` after `RUN_NAME=best-s2 train.sh best --seed 2`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -14,30 +17,39 @@ CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encde
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
-SAVE="$WORK/checkpoints/${RUN_NAME:-$CONFIG}"
+read -r -a RUNS <<< "${RUN_NAME:-$CONFIG} ${ENSEMBLE:-}"
 case "$CONFIG" in best|best-e512|best-sr|encdec) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
 case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;;
   *) echo "error: unknown split $SPLIT (test or valid)" >&2; exit 1 ;;
 esac
-[ -d "$SAVE" ] || { echo "error: $SAVE is missing: train $CONFIG first (or set RUN_NAME as for train.sh)" >&2; exit 1; }
+for run in "${RUNS[@]}"; do
+  [ -d "$WORK/checkpoints/$run" ] \
+    || { echo "error: $WORK/checkpoints/$run is missing: train $CONFIG first (or set RUN_NAME as for train.sh)" >&2; exit 1; }
+done
 
-CHECKPOINT="$SAVE/checkpoint_best.pt"
-if [ "$AVERAGE" -gt 0 ]; then
-  CHECKPOINT="$SAVE/average$AVERAGE.pt"
-  python "$HERE/average_checkpoints.py" "$SAVE" "$AVERAGE" "$CHECKPOINT"
-fi
-[ -f "$CHECKPOINT" ] || { echo "error: $CHECKPOINT is missing" >&2; exit 1; }
+CHECKPOINTS=()  # one per run: checkpoint_best.pt, or the average of its last AVERAGE epoch checkpoints
+for run in "${RUNS[@]}"; do
+  CHECKPOINT="$WORK/checkpoints/$run/checkpoint_best.pt"
+  if [ "$AVERAGE" -gt 0 ]; then
+    CHECKPOINT="$WORK/checkpoints/$run/average$AVERAGE.pt"
+    python "$HERE/average_checkpoints.py" "$WORK/checkpoints/$run" "$AVERAGE" "$CHECKPOINT"
+  fi
+  [ -f "$CHECKPOINT" ] || { echo "error: $CHECKPOINT is missing" >&2; exit 1; }
+  CHECKPOINTS+=("$CHECKPOINT")
+done
+SAVE="$WORK/checkpoints/$(IFS=+; echo "${RUNS[*]}")"  # the run's own directory, or RUN+OTHER+... for an ensemble
+mkdir -p "$SAVE"
 
 OUT="$SAVE/$SPLIT.beam$BEAM"
 fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
-  --gen-subset "$SPLIT" --path "$CHECKPOINT" --beam "$BEAM" --lenpen "$LENPEN" --batch-size 128 --cpu \
+  --gen-subset "$SPLIT" --path "$(IFS=:; echo "${CHECKPOINTS[*]}")" --beam "$BEAM" --lenpen "$LENPEN" --batch-size 128 --cpu \
   > "$OUT.generate" 2> "$OUT.log" \
   || { echo "error: fairseq-generate failed; the end of $OUT.log:" >&2; tail -20 "$OUT.log" >&2; exit 1; }
 { grep '^H-' "$OUT.generate" || true; } | sed 's/^H-//' | sort -n | cut -f3 > "$OUT.pieces"
 python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
 [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
   || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }
-echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "$CHECKPOINT"):"
+echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "$CHECKPOINT")$([ ${#RUNS[@]} -gt 1 ] && echo " of ${RUNS[*]}"):"
 echo -n "  cased:      "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2
 echo -n "  lowercased: "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2 -lc
 sacrebleu "$REF" -i "$OUT.detok" -m bleu -w 2 | grep -E '"(score|signature)"'
