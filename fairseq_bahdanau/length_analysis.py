@@ -90,22 +90,30 @@ def buckets(lengths: Sequence[int], width: int, min_sentences: int) -> List[Buck
     return result
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], lowercase: bool) -> float:
-    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=lowercase).score
+def sentence_statistics(hypotheses: Sequence[str], references: Sequence[str],
+                        lowercase: bool) -> List[List[int]]:
+    """BLEU's sufficient statistics for each sentence (hypothesis and reference length, then matching and total
+    n-grams for n = 1..4), tokenised once: a corpus score over any selection of sentences, such as a bootstrap
+    resample, is computed from their sums (as sacreBLEU's own paired bootstrap does)."""
+    return sacrebleu.metrics.BLEU(lowercase=lowercase)._extract_corpus_statistics(list(hypotheses), [list(references)])
 
 
-def score(hypotheses: Sequence[str], references: Sequence[str], indices: Sequence[int], lowercase: bool,
-          bootstrap: int, seed: int = 12345) -> Score:
-    """Corpus BLEU over ``indices``, and with ``bootstrap`` > 0 its 95% percentile interval from that many
-    resamples (with replacement) of the same sentences."""
-    bleu = corpus_bleu([hypotheses[i] for i in indices], [references[i] for i in indices], lowercase)
+def corpus_bleu(statistics: Sequence[List[int]], indices: Sequence[int]) -> float:
+    """Corpus BLEU (sacreBLEU's default exponential smoothing) of the sentences at ``indices``, repeats counted."""
+    totals = [sum(column) for column in zip(*(statistics[i] for i in indices))]
+    return sacrebleu.metrics.BLEU()._compute_score_from_stats(totals).score
+
+
+def score(statistics: Sequence[List[int]], indices: Sequence[int], bootstrap: int, seed: int = 12345) -> Score:
+    """Corpus BLEU over ``indices`` (``statistics`` from :func:`sentence_statistics`), and with ``bootstrap`` > 0
+    its 95% percentile interval from that many resamples (with replacement) of the same sentences."""
+    bleu = corpus_bleu(statistics, indices)
     if bootstrap <= 0:
         return Score(bleu, None)
     rng = random.Random(seed)
     samples = []
     for _ in range(bootstrap):
-        drawn = [indices[rng.randrange(len(indices))] for _ in indices]
-        samples.append(corpus_bleu([hypotheses[i] for i in drawn], [references[i] for i in drawn], lowercase))
+        samples.append(corpus_bleu(statistics, [indices[rng.randrange(len(indices))] for _ in indices]))
     samples.sort()
     return Score(bleu, (samples[int(0.025 * (bootstrap - 1))], samples[int(0.975 * (bootstrap - 1))]))
 
@@ -193,10 +201,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise SystemExit(f"error: {e}")
     rows = buckets([len(s.split()) for s in sources], args.width, args.min_sentences)
     everything = list(range(len(references)))
-    scores = {name: [score(hyps, references, b.indices, args.lowercase, args.bootstrap) for b in rows]
-              for name, hyps in systems.items()}
-    overall = {name: score(hyps, references, everything, args.lowercase, args.bootstrap)
-               for name, hyps in systems.items()}
+    statistics = {name: sentence_statistics(hyps, references, args.lowercase) for name, hyps in systems.items()}
+    scores = {name: [score(stats, b.indices, args.bootstrap) for b in rows] for name, stats in statistics.items()}
+    overall = {name: score(stats, everything, args.bootstrap) for name, stats in statistics.items()}
     metric = sacrebleu.metrics.BLEU(lowercase=args.lowercase)
     metric.corpus_score(next(iter(systems.values())), [references])  # the signature needs one evaluation
     signature = metric.get_signature()
