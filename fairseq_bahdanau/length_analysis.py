@@ -94,14 +94,17 @@ def sentence_statistics(hypotheses: Sequence[str], references: Sequence[str],
                         lowercase: bool) -> List[List[int]]:
     """BLEU's sufficient statistics for each sentence (hypothesis and reference length, then matching and total
     n-grams for n = 1..4), tokenised once: a corpus score over any selection of sentences, such as a bootstrap
-    resample, is computed from their sums (as sacreBLEU's own paired bootstrap does)."""
+    resample, is computed from their sums (with the private methods sacreBLEU 2's own paired bootstrap uses)."""
     return sacrebleu.metrics.BLEU(lowercase=lowercase)._extract_corpus_statistics(list(hypotheses), [list(references)])
 
 
 def corpus_bleu(statistics: Sequence[List[int]], indices: Sequence[int]) -> float:
     """Corpus BLEU (sacreBLEU's default exponential smoothing) of the sentences at ``indices``, repeats counted."""
     totals = [sum(column) for column in zip(*(statistics[i] for i in indices))]
-    return sacrebleu.metrics.BLEU()._compute_score_from_stats(totals).score
+    return _SCORER._compute_score_from_stats(totals).score
+
+
+_SCORER = sacrebleu.metrics.BLEU()  # scores summed statistics (lowercasing acts on the statistics, not here)
 
 
 def score(statistics: Sequence[List[int]], indices: Sequence[int], bootstrap: int, seed: int = 12345) -> Score:

@@ -75,3 +75,20 @@ def test_fairseq_generate_output_missing_a_sentence_is_named(tmp_path):
     (tmp_path / "plain.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match="2 lines, but the reference has 3"):
         length_analysis.read_system(str(tmp_path / "plain.txt"), 3)
+
+
+@pytest.mark.parametrize("lowercase", [False, True], ids=["cased", "lowercased"])
+def test_bleu_from_sentence_statistics_equals_sacrebleu(lowercase):
+    """The bootstrap's BLEU (sums of per-sentence statistics) is sacreBLEU's corpus BLEU of the same selection,
+    sentences drawn twice and an empty hypothesis included, cased and lowercased."""
+    import sacrebleu
+
+    references = ["A man rides a Horse .", "Two dogs play in the snow .", "A woman is singing .", "Kids ."]
+    hypotheses = ["a man rides a horse .", "Two dogs are playing in snow .", "", "Kids ."]
+    statistics = length_analysis.sentence_statistics(hypotheses, references, lowercase)
+    for indices in [0, 1, 2, 3], [1, 1, 0, 2], [3, 0, 0]:
+        expected = sacrebleu.corpus_bleu([hypotheses[i] for i in indices], [[references[i] for i in indices]],
+                                         lowercase=lowercase).score
+        assert length_analysis.corpus_bleu(statistics, indices) == pytest.approx(expected, abs=1e-9)
+    assert length_analysis.corpus_bleu(statistics, [0]) != length_analysis.corpus_bleu(
+        length_analysis.sentence_statistics(hypotheses, references, not lowercase), [0])  # the case matters

@@ -126,18 +126,26 @@ def test_evaluate_sh_checks_split_and_run(work):
 
 
 def test_evaluate_sh_ensembles_the_runs_named_in_ensemble(work):
-    """ENSEMBLE adds runs: each one's checkpoint goes to one fairseq-generate --path, the outputs to RUN+OTHER,
-    and a missing member is named before anything runs."""
+    """ENSEMBLE adds runs: each one's checkpoint goes to one fairseq-generate --path and the outputs to RUN+OTHER
+    (a single run's to its own directory); a missing, repeated or blank run name is refused with its name."""
     proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b")
     assert proc.returncode == 1 and "checkpoints/a is missing" in proc.stderr
     for run in "a", "b":
         (work / "checkpoints" / run).mkdir(parents=True)
         (work / "checkpoints" / run / "checkpoint_best.pt").write_text("")
     proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b c")
-    assert proc.returncode == 1 and "checkpoints/c is missing" in proc.stderr
+    assert proc.returncode == 1 and "checkpoints/c (named in ENSEMBLE) is missing" in proc.stderr
+    proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b a")
+    assert proc.returncode == 1 and "a run is named twice" in proc.stderr
+    proc = script(work, "evaluate.sh", "tutorial", RUN_NAME=" ")
+    assert proc.returncode == 1 and "RUN_NAME is blank" in proc.stderr
     (work / "bin" / "fairseq-generate").write_text('#!/bin/sh\necho "fairseq-generate $*" >&2\nexit 3\n')
     (work / "bin" / "fairseq-generate").chmod(0o755)
+    checkpoint = "{}/checkpoints/{}/checkpoint_best.pt".format
     proc = script(work, "evaluate.sh", "tutorial", "valid", RUN_NAME="a", ENSEMBLE="b")
     assert proc.returncode == 1 and "fairseq-generate failed" in proc.stderr
-    paths = f"{work}/checkpoints/a/checkpoint_best.pt:{work}/checkpoints/b/checkpoint_best.pt"
-    assert f"--path {paths} " in (work / "checkpoints" / "a+b" / "valid.beam5.log").read_text()
+    log = (work / "checkpoints" / "a+b" / "valid.beam5.log").read_text()
+    assert f"--path {checkpoint(work, 'a')}:{checkpoint(work, 'b')} " in log
+    proc = script(work, "evaluate.sh", "tutorial", "valid", RUN_NAME="a")
+    assert proc.returncode == 1 and "fairseq-generate failed" in proc.stderr
+    assert f"--path {checkpoint(work, 'a')} " in (work / "checkpoints" / "a" / "valid.beam5.log").read_text()

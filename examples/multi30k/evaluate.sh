@@ -6,9 +6,10 @@
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
 #      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used),
-#      ENSEMBLE (more run directories under $WORK/checkpoints, space-separated: their checkpoints, chosen or averaged
-#      as RUN_NAME's, are ensembled with it, and the outputs go to $WORK/checkpoints/RUN_NAME+OTHER+...; e.g.
-#      `ENSEMBLE=best-s2 evaluate.sh best` after `RUN_NAME=best-s2 train.sh best --seed 2`).
+#      ENSEMBLE (more runs of the same configuration, their directory names separated by spaces: their checkpoints,
+#      chosen or averaged as RUN_NAME's, are ensembled with it, and the outputs go to
+#      $WORK/checkpoints/RUN_NAME+OTHER+...; e.g. `ENSEMBLE=best-s2 evaluate.sh best` after
+#      `RUN_NAME=best-s2 train.sh best --seed 2`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -22,9 +23,15 @@ case "$CONFIG" in best|best-e512|best-sr|encdec) AVERAGE="${AVERAGE:-5}" ;; *) A
 case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;;
   *) echo "error: unknown split $SPLIT (test or valid)" >&2; exit 1 ;;
 esac
-for run in "${RUNS[@]}"; do
-  [ -d "$WORK/checkpoints/$run" ] \
-    || { echo "error: $WORK/checkpoints/$run is missing: train $CONFIG first (or set RUN_NAME as for train.sh)" >&2; exit 1; }
+[ ${#RUNS[@]} -gt 0 ] || { echo "error: RUN_NAME is blank" >&2; exit 1; }
+[ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" = "" ] \
+  || { echo "error: a run is named twice in RUN_NAME and ENSEMBLE: ${RUNS[*]}" >&2; exit 1; }
+[ -d "$WORK/checkpoints/${RUNS[0]}" ] \
+  || { echo "error: $WORK/checkpoints/${RUNS[0]} is missing: train $CONFIG first (or set RUN_NAME as for train.sh)" >&2
+       exit 1; }
+for run in "${RUNS[@]:1}"; do
+  [ -d "$WORK/checkpoints/$run" ] || { echo "error: $WORK/checkpoints/$run (named in ENSEMBLE) is missing:" \
+    "train it first (RUN_NAME=$run train.sh $CONFIG ...)" >&2; exit 1; }
 done
 
 CHECKPOINTS=()  # one per run: checkpoint_best.pt, or the average of its last AVERAGE epoch checkpoints
