@@ -36,7 +36,9 @@ def main() -> None:
                 total[k] += v.double()
     state = torch.load(chosen[-1], map_location="cpu")
     state["model"] = {k: (v / count).to(state["model"][k].dtype) for k, v in total.items()}
-    torch.save(state, output)
+    partial = f"{output}.{os.getpid()}.partial"  # whole, then renamed: a concurrent reader never sees half a file
+    torch.save(state, partial)
+    os.replace(partial, output)
     print(f"averaged {', '.join(os.path.basename(p) for p in chosen)} -> {output}")
 
 

@@ -5,7 +5,7 @@
 #
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
-#      average, default 5 for best, best-e512 and best-sr, 0 for the others: then checkpoint_best.pt is used),
+#      average, default 5 for best, best-e512, best-sr and encdec, 0 for the others: then checkpoint_best.pt is used),
 #      ENSEMBLE (more runs of the same configuration, their directory names separated by spaces: their checkpoints,
 #      chosen or averaged as RUN_NAME's, are ensembled with it, and the outputs go to
 #      $WORK/checkpoints/RUN_NAME+OTHER+...; e.g. `ENSEMBLE=best-s2 evaluate.sh best` after
@@ -49,7 +49,8 @@ mkdir -p "$SAVE"
 
 OUT="$SAVE/$SPLIT.beam$BEAM"
 fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
-  --gen-subset "$SPLIT" --path "$(IFS=:; echo "${CHECKPOINTS[*]}")" --beam "$BEAM" --lenpen "$LENPEN" --batch-size 128 --cpu \
+  --gen-subset "$SPLIT" --path "$(IFS=:; echo "${CHECKPOINTS[*]}")" --beam "$BEAM" --lenpen "$LENPEN" \
+  --batch-size 128 --cpu \
   > "$OUT.generate" 2> "$OUT.log" \
   || { echo "error: fairseq-generate failed; the end of $OUT.log:" >&2; tail -20 "$OUT.log" >&2; exit 1; }
 { grep '^H-' "$OUT.generate" || true; } | sed 's/^H-//' | sort -n | cut -f3 > "$OUT.pieces"
