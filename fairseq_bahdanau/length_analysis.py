@@ -90,6 +90,9 @@ def buckets(lengths: Sequence[int], width: int, min_sentences: int) -> List[Buck
     return result
 
 
+_SCORER = sacrebleu.metrics.BLEU()  # scores summed statistics (lowercasing acts on the statistics, not here)
+
+
 def sentence_statistics(hypotheses: Sequence[str], references: Sequence[str],
                         lowercase: bool) -> List[List[int]]:
     """BLEU's sufficient statistics for each sentence (hypothesis and reference length, then matching and total
@@ -102,9 +105,6 @@ def corpus_bleu(statistics: Sequence[List[int]], indices: Sequence[int]) -> floa
     """Corpus BLEU (sacreBLEU's default exponential smoothing) of the sentences at ``indices``, repeats counted."""
     totals = [sum(column) for column in zip(*(statistics[i] for i in indices))]
     return _SCORER._compute_score_from_stats(totals).score
-
-
-_SCORER = sacrebleu.metrics.BLEU()  # scores summed statistics (lowercasing acts on the statistics, not here)
 
 
 def score(statistics: Sequence[List[int]], indices: Sequence[int], bootstrap: int, seed: int = 12345) -> Score:

@@ -57,7 +57,7 @@ fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-l
 python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
 [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
   || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }
-echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "$CHECKPOINT")$([ ${#RUNS[@]} -gt 1 ] && echo " of ${RUNS[*]}"):"
+echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "${CHECKPOINTS[0]}")$([ ${#RUNS[@]} -gt 1 ] && echo " of ${RUNS[*]}"):"
 echo -n "  cased:      "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2
 echo -n "  lowercased: "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2 -lc
 sacrebleu "$REF" -i "$OUT.detok" -m bleu -w 2 | grep -E '"(score|signature)"'
