@@ -1,20 +1,27 @@
 # Everything a fresh machine needs, in one virtual environment: `make demo` (the main job) and `make test`.
-PYTHON ?= python3
-VENV   := .venv
+#
+#   PYTHON       the Python to build the environment with (3.10 to 3.13; default python3)
+#   VENV         where (default .venv)
+#   TORCH_INDEX  a package index to take torch from, e.g. https://download.pytorch.org/whl/cpu for Linux's
+#                CPU-only build (about 0.2 GB, against about 5 GB for PyPI's CUDA build, which also runs on CPUs)
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_INDEX ?=
 PIP    := $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test benchmark gpu-check clean
+.PHONY: setup demo test matrix benchmark gpu-check wheelhouse clean
 
 setup: $(VENV)/.installed
 
-# torch first (the local CPU wheel, pinned in constraints.txt so nothing can pull a CUDA build), then fairseq
-# built against it (--no-build-isolation), then this package with its test and plot extras.
+# torch first (whichever build pip resolves: a local file, PyPI's CUDA build, or TORCH_INDEX's), then fairseq
+# built against it (--no-build-isolation: no second torch), then this package with its test and plot extras.
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -q "torch==2.13.0" numpy cython setuptools wheel
+	$(PIP) -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
+	$(PIP) -q numpy cython setuptools wheel
 	$(PIP) -q --no-build-isolation -e ".[test,plot]"
-	$(PY) -c "import torch, fairseq, fairseq_bahdanau; assert torch.version.cuda is None, 'a CUDA torch was installed'"
+	$(PY) -c "import torch, fairseq, fairseq_bahdanau; print('set up: Python', __import__('platform').python_version(), '| torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 
 demo: setup
@@ -23,11 +30,21 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# The suite on every Python 3.10-3.13 this machine has, each in its own environment (.venv-3.X), and a table.
+matrix:
+	bash tests/matrix.sh
+
 benchmark: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/benchmark/run.sh
 
-# On a CUDA machine: GPU tests and the benchmark in float32, --amp and --fp16. GPU_PYTHON: a Python whose torch
-# is a CUDA build, with fairseq installed (this Makefile's own set-up pins the CPU build).
+# What a CUDA machine with torch but without fairseq or a package registry needs for gpu-check (PY: its Python
+# version): fairseq-fixed, its pure-Python dependencies and this package, as wheels in wheelhouse-$(PY)/.
+PY_VERSION ?= 3.12
+wheelhouse:
+	bash examples/gpu/wheelhouse.sh $(PY_VERSION)
+
+# On a CUDA machine: GPU tests and the benchmark in float32, --amp and --fp16 (installs fairseq from a wheelhouse
+# when it is missing). GPU_PYTHON: a Python whose torch is a CUDA build.
 GPU_PYTHON ?= python3
 gpu-check:
 	PYTHON="$(GPU_PYTHON)" bash examples/gpu/check.sh

@@ -8,12 +8,13 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=["fairseq_bahdanau"],
-    python_requires=">=3.8",
+    python_requires=">=3.10",
     install_requires=[
-        # torch is pinned by the Makefile's constraints.txt to the CPU build; any torch fairseq accepts works.
+        # the Makefile's constraints.txt pins torch 2.13.0, CPU or CUDA build; any torch fairseq accepts works.
         "torch>=1.13",
-        'fairseq==0.12.2; python_version < "3.11"',
-        'fairseq-fixed==0.12.3.1; python_version >= "3.11"',
+        # fairseq's main branch with its Python 3.11+ fixes (import name fairseq), on every Python: PyPI's
+        # fairseq 0.12.2 does not import on 3.11+ and its source does not build on 3.10.
+        "fairseq-fixed==0.12.3.1",
         "sentencepiece",
         "sacrebleu>=2.0",
     ],

@@ -1,10 +1,15 @@
 """The one place that adapts fairseq 0.12 (``fairseq-fixed`` 0.12.3.1 on Python 3.11+) to today's torch and to
 training on CPUs.
 
-Every change to fairseq's behaviour is a named :class:`Patch` in :data:`PATCHES`. Importing the package applies
-each once (a second import changes nothing) and logs one line listing them. :func:`original` returns what a patch
-replaced, so that tests can show the unpatched behaviour still exists (tests/test_compat.py): the day fairseq
-fixes one of these, its "unpatched" test fails and the patch can be dropped. Any user of ``--user-dir
+Every change to fairseq's behaviour is a named :class:`Patch` in :data:`PATCHES`, with a *probe* that looks for
+the behaviour it fixes in the fairseq (and torch) at hand. Importing this module applies each patch whose
+behaviour is present, once (a second import changes nothing), skips the others, and logs one line that lists
+both (:func:`status` tells the same). A patch that cannot be applied (a fairseq whose code moved) is reported by
+name in a warning and left out; the others still apply. :func:`original` returns what a patch replaced, so that
+tests can show the unpatched behaviour still exists (tests/test_compat.py): the day fairseq fixes one of these,
+its probe says so, the patch stands aside and its test is skipped with the reason; then it can be dropped. The
+launcher's fixes (``launch_on_cpu``, ``die_with_torchrun``, ``bf16_without_tpu``, ``fp16_on_cpu``) are not
+wrappers on top of each other: one hook on ``call_main`` runs every applied fix in :data:`PATCHES` order. Any user of ``--user-dir
 fairseq_bahdanau`` gets them, including the recipe's fairseq ``lstm`` peer, which is trained with this user dir
 for exactly that reason.
 
@@ -47,10 +52,10 @@ for exactly that reason.
 ``die_with_torchrun``
    torchrun starts each worker in a session of its own, so a launcher killed with SIGKILL (by hand, or the OOM
    killer) leaves its workers training on, unseen, and a restarted job then resumes into the same ``--save-dir``
-   while the orphans keep writing to it. A process started by torchrun (``TORCHELASTIC_RUN_ID`` set) asks Linux
-   to kill it when its launcher dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), as a scheduler's kill of the whole
-   job would; checkpoints are written atomically, so nothing written is lost. Not a change to fairseq: to
-   torchrun's process tree.
+   while the orphans keep writing to it. A process started by torchrun (``TORCHELASTIC_RUN_ID`` set) asks Linux,
+   when fairseq's launcher starts training (not at import), to kill it when its launcher dies
+   (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), as a scheduler's kill of the whole job would; checkpoints are written
+   atomically, so nothing written is lost. Not a change to fairseq: to torchrun's process tree.
 ``cpu_ddp``
    fairseq's ``DistributedFairseqModel`` passes ``device_ids=[device_id]`` to torch's
    ``DistributedDataParallel`` (``--ddp-backend pytorch_ddp``/``c10d``, the default), which torch refuses for a
@@ -116,9 +121,14 @@ class LaunchError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Patch:
-    """One change to fairseq: ``apply()`` installs it and returns what it replaced (the original)."""
+    """One change to fairseq.
+
+    ``probe()`` returns None where the behaviour the patch fixes is present here, or a short reason why it is not
+    (e.g. "fairseq keeps every example"); ``apply()`` installs the patch and returns what it replaced (the
+    original, or None for additions)."""
 
     name: str
+    probe: Callable[[], Optional[str]]
     apply: Callable[[], Any]
 
 
@@ -130,9 +140,22 @@ def _originals() -> Dict[str, Any]:
     return fairseq.__dict__.setdefault("_fairseq_bahdanau_originals", {})
 
 
+def _statuses() -> Dict[str, str]:
+    """Patch name -> "applied", "not needed: REASON" or "failed: ERROR", kept beside :func:`_originals`."""
+    import fairseq
+
+    return fairseq.__dict__.setdefault("_fairseq_bahdanau_status", {})
+
+
 def original(name: str) -> Any:
     """What patch ``name`` replaced (a function or class of fairseq's, or None for additions)."""
     return _originals()[name]
+
+
+def status(name: str) -> str:
+    """Whether patch ``name`` was applied in this process: "applied", "not needed: REASON" (the behaviour it
+    fixes is absent from this fairseq) or "failed: ERROR"."""
+    return _statuses()[name]
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -321,27 +344,46 @@ def prepare_launch(cfg) -> None:
         )
 
 
-def _fix_call_main(fix: Callable[[Any], None]) -> Callable:
-    """Wrap fairseq's launcher so that ``fix(cfg)`` adapts the configuration before it runs; returns what was
-    wrapped."""
+#: The launcher fixes in force, in PATCHES order: each adapts fairseq's configuration (or this process) before
+#: fairseq's ``call_main`` starts training.
+LAUNCH_FIXES: List[Tuple[str, Callable[[Any], None]]] = []
+
+
+def _launcher_hook() -> Callable:
+    """Wrap fairseq's launcher, once, with one hook that runs every fix in :data:`LAUNCH_FIXES`; returns
+    fairseq's own ``call_main``."""
     from fairseq.distributed import utils as distributed_utils
 
-    original_fn = distributed_utils.call_main
+    current = distributed_utils.call_main
+    wrapped = getattr(current, "__wrapped_by_fairseq_bahdanau__", None)
+    if wrapped is not None:
+        return wrapped
 
     def call_main(cfg, main, **kwargs):
-        fix(cfg)
-        return original_fn(cfg, main, **kwargs)
+        for _name, fix in list(LAUNCH_FIXES):
+            fix(cfg)
+        return current(cfg, main, **kwargs)
 
-    call_main.__doc__ = original_fn.__doc__
+    call_main.__doc__ = current.__doc__
+    call_main.__wrapped_by_fairseq_bahdanau__ = current
     distributed_utils.call_main = call_main
+    return current
+
+
+def _launch_fix(name: str, fix: Callable[[Any], None]) -> Callable:
+    """Add ``fix`` to the launcher hook (installing the hook if needed); returns fairseq's ``call_main``."""
+    original_fn = _launcher_hook()
+    if all(existing != name for existing, _ in LAUNCH_FIXES):
+        LAUNCH_FIXES.append((name, fix))
     return original_fn
 
 
 def launch_on_cpu() -> Callable:
-    return _fix_call_main(prepare_launch)
+    return _launch_fix("launch_on_cpu", prepare_launch)
 
 
-def die_with_torchrun() -> None:
+def die_with_launcher(cfg=None) -> None:
+    """In a process started by torchrun, ask Linux to kill this process when its launcher dies."""
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -355,6 +397,10 @@ def die_with_torchrun() -> None:
         return
     if os.getppid() != launcher:  # the launcher died before the request was in place
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_torchrun() -> Callable:
+    return _launch_fix("die_with_torchrun", die_with_launcher)
 
 
 def cpu_ddp() -> Callable:
@@ -397,7 +443,7 @@ def bfloat16_on_this_device(cfg) -> None:
 
 
 def bf16_without_tpu() -> Callable:
-    return _fix_call_main(bfloat16_on_this_device)
+    return _launch_fix("bf16_without_tpu", bfloat16_on_this_device)
 
 
 def unflattened_fp16_on_cpu(cfg) -> None:
@@ -408,7 +454,7 @@ def unflattened_fp16_on_cpu(cfg) -> None:
 
 
 def fp16_on_cpu() -> Callable:
-    return _fix_call_main(unflattened_fp16_on_cpu)
+    return _launch_fix("fp16_on_cpu", unflattened_fp16_on_cpu)
 
 
 def diverse_beam_batch_positions() -> Callable:
@@ -429,33 +475,217 @@ def diverse_beam_batch_positions() -> Callable:
     return original_fn
 
 
-#: Every patch, in the order it is applied.
+# ------------------------------------------------------------------------------------------- probes
+# Each returns None where the behaviour its patch fixes is present, else why the patch is not needed. They look
+# at behaviour where that is cheap and side-effect free (a tiny batch, a file in a temporary directory), and at
+# fairseq's source where only a training run would show it.
+
+
+def _source(obj: Any) -> str:
+    import inspect
+
+    return inspect.getsource(obj)
+
+
+def _torch_load_refuses(obj: Any) -> bool:
+    """Whether ``torch.load`` with its defaults refuses to unpickle ``obj``."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer)
+    except pickle.UnpicklingError:
+        return True
+    return False
+
+
+def refuses_namespaces() -> Optional[str]:
+    if _torch_load_refuses({"args": argparse.Namespace(arch="lstm")}):
+        return None
+    return f"torch {torch.__version__} loads argparse.Namespace by default"
+
+
+def drops_the_tail() -> Optional[str]:
+    from fairseq.data import data_utils
+
+    batches = data_utils.batch_by_size(np.arange(9, dtype=np.int64), lambda i: 1, max_sentences=8,
+                                       required_batch_size_multiple=8)
+    return None if sum(len(b) for b in batches) < 9 else "fairseq's batch_by_size keeps every example"
+
+
+def copies_in_place() -> Optional[str]:
+    import tempfile
+
+    from fairseq.file_io import PathManager
+
+    written = []
+    copyfile = shutil.copyfile
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "a"), os.path.join(tmp, "b")
+        open(src, "wb").close()
+        shutil.copyfile = lambda a, b, *args, **kwargs: written.append(b) or copyfile(a, b, *args, **kwargs)
+        try:
+            PathManager.copy(src, dst, overwrite=True)
+        finally:
+            shutil.copyfile = copyfile
+    if written and written[0] != dst:
+        return "fairseq's PathManager.copy does not write the destination in place"
+    return None  # in place, or not through shutil (unknown): the patch's temporary file and rename are safe
+
+
+def unclear_checkpoint_errors() -> Optional[str]:
+    import tempfile
+
+    from fairseq import checkpoint_utils
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "checkpoint_probe.pt")
+        torch.save({"model": {"w": torch.zeros(64)}}, path)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        try:
+            checkpoint_utils.load_checkpoint_to_cpu(path)
+        except Exception as e:  # noqa: BLE001 (any error: is it a clear one?)
+            return "fairseq names the damaged checkpoint in its error" if path in str(e) else None
+    return None  # a half file loaded: whatever this is, the patch's clear error is no worse
+
+
+def broadcast_refuses_configs() -> Optional[str]:
+    from fairseq.distributed import utils as distributed_utils
+    from omegaconf import OmegaConf
+
+    if "weights_only" in _source(distributed_utils._broadcast_object_slow):
+        return "fairseq's broadcast chooses what torch.load may unpickle"
+    if not _torch_load_refuses(OmegaConf.create({"a": 1})):
+        return f"torch {torch.__version__} loads omegaconf configurations by default"
+    return None
+
+
+def ignores_torchrun_world() -> Optional[str]:
+    """fairseq's launcher, given torchrun's environment for 2 processes and its default world size (1 on a
+    machine with 0 or 1 GPUs), either keeps world size 1 (every process trains alone) or fails (on a machine
+    without GPUs it divides by their number)."""
+    from fairseq.dataclass.configs import DistributedTrainingConfig
+    from fairseq.distributed import utils as distributed_utils
+
+    cfg = DistributedTrainingConfig(distributed_world_size=1)
+    variables = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29999", WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        distributed_utils.infer_init_method(cfg)
+        if cfg.distributed_world_size == 2:
+            return "fairseq's launcher takes torchrun's world size"
+    except Exception:  # noqa: BLE001 (e.g. ZeroDivisionError on a machine without GPUs: the behaviour fixed)
+        pass
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return None
+
+
+def workers_outlive_torchrun() -> Optional[str]:
+    if not sys.platform.startswith("linux"):
+        return "no prctl outside Linux"
+    from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler
+
+    if "start_new_session" not in _source(subprocess_handler.SubprocessHandler._popen):
+        return "torchrun keeps its workers in its own session"
+    return None
+
+
+def ddp_needs_device_ids() -> Optional[str]:
+    from fairseq.models import distributed_fairseq_model
+
+    if "device_ids=[args.device_id]" in _source(distributed_fairseq_model.DistributedFairseqModel):
+        return None
+    return "fairseq's DistributedFairseqModel does not pass a GPU's device ids unconditionally"
+
+
+def bf16_means_tpu() -> Optional[str]:
+    from fairseq import options
+    from fairseq.distributed import utils as distributed_utils
+
+    if distributed_utils.xm is not None:
+        return "torch_xla is installed: --bf16 on a TPU is fairseq's own meaning"
+    if "args.tpu = True" not in _source(options.parse_args_and_arch):
+        return "fairseq's --bf16 does not imply --tpu"
+    return None
+
+
+def fp16_master_weights_on_gpu() -> Optional[str]:
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    if "torch.cuda.current_device()" in _source(FP16Optimizer.build_fp32_params):
+        return None
+    return "fairseq's flat fp16 master weights are not placed on a GPU"
+
+
+def diverse_beam_indexes_by_ids() -> Optional[str]:
+    from fairseq.data import Dictionary
+    from fairseq.search import DiverseBeamSearch
+
+    dictionary = Dictionary()
+    for i in range(6):
+        dictionary.add_symbol(f"w{i}")
+    search = DiverseBeamSearch(dictionary, num_groups=2, diversity_strength=0.5)
+    lprobs = torch.zeros(2, 4, len(dictionary)).log_softmax(-1)
+    ids = torch.tensor([5, 9])  # dataset ids, as SequenceGenerator passes them, not rows of the batch
+    try:
+        search.step(0, lprobs, None, None, ids)
+        search.step(1, lprobs, torch.zeros(2, 4, 1), None, ids)
+    except IndexError:
+        return None
+    return "fairseq's DiverseBeamSearch maps dataset ids to the batch's rows"
+
+
+#: Every patch, in the order it is applied (and, for the launcher's fixes, run).
 PATCHES: List[Patch] = [
-    Patch("allow_checkpoint_types", allow_checkpoint_types),
-    Patch("keep_every_example", keep_every_example),
-    Patch("atomic_checkpoint_copies", atomic_checkpoint_copies),
-    Patch("clear_checkpoint_errors", clear_checkpoint_errors),
-    Patch("broadcast_checkpoint_state", broadcast_checkpoint_state),
-    Patch("launch_on_cpu", launch_on_cpu),
-    Patch("die_with_torchrun", die_with_torchrun),
-    Patch("cpu_ddp", cpu_ddp),
-    Patch("bf16_without_tpu", bf16_without_tpu),
-    Patch("fp16_on_cpu", fp16_on_cpu),
-    Patch("diverse_beam_batch_positions", diverse_beam_batch_positions),
+    Patch("allow_checkpoint_types", refuses_namespaces, allow_checkpoint_types),
+    Patch("keep_every_example", drops_the_tail, keep_every_example),
+    Patch("atomic_checkpoint_copies", copies_in_place, atomic_checkpoint_copies),
+    Patch("clear_checkpoint_errors", unclear_checkpoint_errors, clear_checkpoint_errors),
+    Patch("broadcast_checkpoint_state", broadcast_refuses_configs, broadcast_checkpoint_state),
+    Patch("launch_on_cpu", ignores_torchrun_world, launch_on_cpu),
+    Patch("die_with_torchrun", workers_outlive_torchrun, die_with_torchrun),
+    Patch("cpu_ddp", ddp_needs_device_ids, cpu_ddp),
+    Patch("bf16_without_tpu", bf16_means_tpu, bf16_without_tpu),
+    Patch("fp16_on_cpu", fp16_master_weights_on_gpu, fp16_on_cpu),
+    Patch("diverse_beam_batch_positions", diverse_beam_indexes_by_ids, diverse_beam_batch_positions),
 ]
 
 
 def apply_patches() -> None:
-    """Apply every patch not yet applied in this process, and log which (once)."""
-    originals = _originals()
-    new = [patch for patch in PATCHES if patch.name not in originals]
+    """Probe and apply every patch not yet probed in this process, and log the outcome in one line (once). A
+    patch whose probe or installation fails is named in a warning and left out; the others still apply."""
+    statuses, originals = _statuses(), _originals()
+    new = [patch for patch in PATCHES if patch.name not in statuses]
     for patch in new:
-        originals[patch.name] = patch.apply()
+        try:
+            reason = patch.probe()
+            if reason is None:
+                originals[patch.name] = patch.apply()
+                statuses[patch.name] = "applied"
+            else:
+                statuses[patch.name] = f"not needed: {reason}"
+        except Exception as e:  # noqa: BLE001 (one patch must not stop the model from loading)
+            statuses[patch.name] = f"failed: {type(e).__name__}: {e}"
+            logger.warning("fairseq_bahdanau.compat: patch %s could not be applied to this fairseq (%s: %s); what it "
+                           "fixes stays unfixed", patch.name, type(e).__name__, e)
     if new:
         import fairseq
 
-        logger.info("fairseq %s patched by fairseq_bahdanau.compat: %s", getattr(fairseq, "__version__", "?"),
-                    ", ".join(patch.name for patch in new))
+        applied = [p.name for p in new if statuses[p.name] == "applied"]
+        skipped = [f"{p.name} ({statuses[p.name][len('not needed: '):]})" for p in new
+                   if statuses[p.name].startswith("not needed")]
+        logger.info("fairseq %s patched by fairseq_bahdanau.compat: %s%s", getattr(fairseq, "__version__", "?"),
+                    ", ".join(applied) or "nothing",
+                    f"; not needed here: {', '.join(skipped)}" if skipped else "")
 
 
 apply_patches()

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from typing import List, Sequence
@@ -100,10 +101,17 @@ def tool_env(**extra: str) -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
 
 
+def tool_path(tool: str) -> str:
+    """Console script ``tool``: beside this Python (a virtual environment), else on PATH (a ``pip install
+    --target`` install, as examples/gpu/check.sh makes from a wheelhouse)."""
+    beside = os.path.join(BIN, tool)
+    return beside if os.path.exists(beside) else (shutil.which(tool) or beside)
+
+
 def run(tool: str, *args: str, stdin: str = None, check: bool = True, cwd: str = None) -> subprocess.CompletedProcess:
     """Run a fairseq console script from this environment; stdout and stderr are captured as text."""
     proc = subprocess.run(
-        [os.path.join(BIN, tool), *args], input=stdin, capture_output=True, text=True, env=tool_env(), cwd=cwd
+        [tool_path(tool), *args], input=stdin, capture_output=True, text=True, env=tool_env(), cwd=cwd
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -98,8 +98,9 @@ def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, precision_modul
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "no-onednn"])
-def test_fast_bfloat16_cpu_asks_onednn_then_avx512_bf16(onednn, precision_module, monkeypatch):
+def test_onednn_bfloat16_asks_onednn_then_avx512_bf16(onednn, monkeypatch):
     """oneDNN's answer where torch has oneDNN; AVX512-BF16's where it has not (its query then fails)."""
+    from fairseq_bahdanau import precision
 
     class NoOneDNN:
         def __getattr__(self, name):
@@ -110,7 +111,32 @@ def test_fast_bfloat16_cpu_asks_onednn_then_avx512_bf16(onednn, precision_module
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: "onednn")
     else:
         monkeypatch.setattr(torch.ops, "mkldnn", NoOneDNN())
-    assert precision_module.fast_bfloat16_cpu() is True  # bool() of the one it asked
+    assert precision.onednn_bfloat16() is True  # bool() of the one it asked
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: "", raising=False)
-    precision_module.fast_bfloat16_cpu.cache_clear()
-    assert precision_module.fast_bfloat16_cpu() is onednn
+    assert precision.onednn_bfloat16() is onednn
+
+
+#: (oneDNN has bfloat16 kernels, measured bfloat16/float32 time, fast?) on the three CPUs seen so far
+CPUS = {
+    "zen4-avx512-bf16": (True, 0.5, True),
+    "zen3-avx2-only": (False, None, False),  # no kernels: nothing is timed
+    "xeon-avx512-without-bf16": (True, 2.6, False),  # oneDNN emulates bfloat16
+}
+
+
+@pytest.mark.parametrize("cpu", list(CPUS))
+def test_fast_bfloat16_cpu_decides_by_kernels_and_measured_time(cpu, precision_module, monkeypatch):
+    onednn, ratio, fast = CPUS[cpu]
+    timed = []
+    monkeypatch.setattr(precision_module, "onednn_bfloat16", lambda: onednn)
+    monkeypatch.setattr(precision_module, "bfloat16_time_ratio", lambda: timed.append(1) or ratio)
+    assert precision_module.fast_bfloat16_cpu() is fast
+    assert precision_module.fast_bfloat16_cpu() is fast
+    assert len(timed) == (1 if onednn else 0)  # measured once per process, and only where kernels exist
+
+
+def test_bfloat16_time_ratio_is_a_positive_finite_ratio():
+    from fairseq_bahdanau.precision import bfloat16_time_ratio
+
+    ratio = bfloat16_time_ratio(rows=8, inner=16, cols=16, repeats=2)
+    assert 0 < ratio < float("inf")

@@ -1,7 +1,8 @@
 """compat.py, patch by patch: what unpatched fairseq (or torch) still does, and what the patch makes of it.
 
 Each "unpatched" test calls what the patch replaced (``compat.original(name)``) and shows the problem is still
-there. The day one of them fails, fairseq (or torch) has fixed that problem, and the patch can be dropped. The
+there. Each is skipped, with the probe's reason, where the patch's probe found the problem absent from the
+installed fairseq (the patch then stands aside); the day that happens everywhere, the patch can be dropped. The
 patched behaviour of the distributed and precision patches is proven end to end in test_launch.py and
 test_precision.py; the checkpoint patches in test_reliability.py.
 """
@@ -28,6 +29,12 @@ from helpers import USER_DIR
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="shows what fairseq does on a machine without CUDA")
 
 
+def needs(name: str):
+    """Skip unless patch ``name`` was applied here (its probe found the behaviour it fixes)."""
+    state = compat.status(name)
+    return pytest.mark.skipif(state != "applied", reason=f"{name}: {state}")
+
+
 def training_cfg(*flags: str):
     """fairseq-train's configuration for ``flags`` (nothing is read from the data directory)."""
     args = options.parse_args_and_arch(
@@ -47,19 +54,79 @@ def test_patches_are_named_applied_once_and_listed_in_one_log_line():
     names = [patch.name for patch in compat.PATCHES]
     assert len(set(names)) == len(names)
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
-            "import fairseq_bahdanau, importlib; importlib.reload(fairseq_bahdanau.compat); "
-            "from fairseq.distributed import utils; print('wrapped', utils.call_main.__code__.co_filename)")
+            "import fairseq, fairseq_bahdanau, importlib; importlib.reload(fairseq_bahdanau.compat); "
+            "from fairseq.distributed import utils; "
+            "print('hooks', utils.call_main.__wrapped_by_fairseq_bahdanau__.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(USER_DIR)).stdout
     lines = [line for line in out.splitlines() if "patched by fairseq_bahdanau.compat" in line]
-    assert len(lines) == 1 and lines[0].endswith(", ".join(names))  # the reload applied nothing twice
-    for name in names:
-        assert name in compat._originals()
+    assert len(lines) == 1  # the reload applied nothing twice
+    applied = [name for name in names if compat.status(name) == "applied"]
+    assert ", ".join(applied) in lines[0]
+    for name in names:  # every patch is in the line: applied, or skipped with the probe's reason
+        assert name in lines[0]
+    assert "hooks fairseq.distributed.utils" in out  # one hook on call_main, over fairseq's own
+
+
+def test_launcher_fixes_run_in_one_hook_in_patch_order(monkeypatch):
+    from fairseq.distributed import utils as distributed_utils
+
+    launch = [patch.name for patch in compat.PATCHES if any(patch.name == name for name, _ in compat.LAUNCH_FIXES)]
+    assert [name for name, _ in compat.LAUNCH_FIXES] == launch
+    assert distributed_utils.call_main.__wrapped_by_fairseq_bahdanau__.__module__ == "fairseq.distributed.utils"
+    ran = []
+    monkeypatch.setattr(compat, "LAUNCH_FIXES", [(name, lambda cfg, name=name: ran.append(name)) for name in launch])
+    monkeypatch.setattr(distributed_utils, "call_main", lambda cfg, main, **kwargs: ran.append("fairseq"))
+    assert compat._launcher_hook() is not distributed_utils.call_main  # it returns what it wrapped
+    distributed_utils.call_main("cfg", "main")
+    assert ran == launch + ["fairseq"]  # every fix, in PATCHES order, then fairseq's own launcher
+
+
+def test_a_patch_that_cannot_apply_is_named_and_the_others_still_apply(monkeypatch, caplog):
+    statuses = {}
+    monkeypatch.setattr(compat, "_statuses", lambda: statuses)
+    monkeypatch.setattr(compat, "_originals", lambda: {})
+
+    def broken():
+        raise AttributeError("module 'fairseq.search' has no attribute 'DiverseBeamSearch'")
+
+    monkeypatch.setattr(compat, "PATCHES", [
+        compat.Patch("needed", lambda: None, lambda: "replaced"),
+        compat.Patch("broken", lambda: None, broken),
+        compat.Patch("fixed_upstream", lambda: "fairseq does it right", lambda: pytest.fail("applied")),
+    ])
+    with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.compat"):
+        compat.apply_patches()
+    assert statuses["needed"] == "applied"
+    assert statuses["broken"].startswith("failed: AttributeError")
+    assert statuses["fixed_upstream"] == "not needed: fairseq does it right"
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "patch broken could not be applied" in warning and "DiverseBeamSearch" in warning
+    line = next(r.getMessage() for r in caplog.records if "patched by" in r.getMessage())
+    assert line.endswith("needed; not needed here: fixed_upstream (fairseq does it right)")
+
+
+#: The patches whose probes look at what fairseq does through the function that the patch replaces: run again
+#: after patching, they find the behaviour gone (the others look at fairseq's own code, or at a hook).
+SEES_ITS_OWN_FIX = {"allow_checkpoint_types", "keep_every_example", "atomic_checkpoint_copies",
+                    "clear_checkpoint_errors", "cpu_ddp", "diverse_beam_batch_positions"}
+
+
+@pytest.mark.parametrize("name", [patch.name for patch in compat.PATCHES])
+def test_every_probe_answers_without_side_effects_and_sees_its_patch_work(name):
+    before = dict(os.environ)
+    patch = next(p for p in compat.PATCHES if p.name == name)
+    reason = patch.probe()
+    assert reason is None or (isinstance(reason, str) and reason)
+    assert dict(os.environ) == before  # no torchrun variables left behind
+    if compat.status(name) == "applied":
+        assert (reason is not None) == (name in SEES_ITS_OWN_FIX), reason
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
+@needs("allow_checkpoint_types")
 def test_unpatched_torch_load_refuses_fairseq_checkpoint_types(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"args": argparse.Namespace(arch="lstm")}, path)
@@ -73,6 +140,7 @@ def test_unpatched_torch_load_refuses_fairseq_checkpoint_types(tmp_path):
     assert torch.load(path)["args"].arch == "lstm"  # patched: allow-listed
 
 
+@needs("keep_every_example")
 def test_unpatched_batch_by_size_drops_the_tail_and_patched_keeps_it():
     from fairseq.data import data_utils
 
@@ -86,6 +154,7 @@ def test_unpatched_batch_by_size_drops_the_tail_and_patched_keeps_it():
         assert np.array_equal(np.concatenate(batches), indices)
 
 
+@needs("atomic_checkpoint_copies")
 def test_unpatched_checkpoint_copy_is_not_atomic_and_patched_copy_cleans_up(tmp_path, monkeypatch):
     from fairseq.file_io import PathManager
 
@@ -108,6 +177,7 @@ def test_unpatched_checkpoint_copy_is_not_atomic_and_patched_copy_cleans_up(tmp_
     assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == sorted([dst.name, src.name])
 
 
+@needs("clear_checkpoint_errors")
 def test_unpatched_loading_of_a_damaged_checkpoint_raises_whatever_the_unpickler_hit(tmp_path):
     path = tmp_path / "checkpoint_last.pt"
     torch.save({"model": {"w": torch.zeros(1000)}}, path)
@@ -124,6 +194,7 @@ def test_unpatched_loading_of_a_damaged_checkpoint_raises_whatever_the_unpickler
 # ---------------------------------------------------------------------------------------------- distributed
 
 
+@needs("broadcast_checkpoint_state")
 def test_unpatched_broadcast_of_a_checkpoint_state_fails_under_weights_only():
     """Rank 0 broadcasts the loaded state with torch.save; the other ranks torch.load it (weights_only)."""
     from fairseq.distributed import utils as distributed_utils
@@ -142,6 +213,7 @@ def test_unpatched_broadcast_of_a_checkpoint_state_fails_under_weights_only():
 
 
 @no_cuda
+@needs("launch_on_cpu")
 def test_unpatched_torchrun_launch_divides_by_the_gpu_count_or_trains_alone(torchrun_env):
     from fairseq.distributed import utils as distributed_utils
 
@@ -154,6 +226,7 @@ def test_unpatched_torchrun_launch_divides_by_the_gpu_count_or_trains_alone(torc
     assert cfg.distributed_training.distributed_world_size == 1
 
 
+@needs("launch_on_cpu")
 def test_patched_torchrun_launch_takes_torchrun_world_and_gloo(torchrun_env, caplog):
     for flags, warned in (([], False), (["--distributed-world-size", "4"], True)):
         cfg = training_cfg("--cpu", *flags)
@@ -168,6 +241,7 @@ def test_patched_torchrun_launch_takes_torchrun_world_and_gloo(torchrun_env, cap
 
 
 @no_cuda
+@needs("launch_on_cpu")
 def test_unpatched_spawn_on_cpu_fails_on_device_count_and_patched_names_torchrun():
     from fairseq.distributed import utils as distributed_utils
 
@@ -179,6 +253,7 @@ def test_unpatched_spawn_on_cpu_fails_on_device_count_and_patched_names_torchrun
         compat.prepare_launch(cfg)
 
 
+@needs("die_with_torchrun")
 def test_torchrun_still_starts_workers_in_sessions_of_their_own():
     """Why die_with_torchrun exists: a SIGKILLed launcher's workers are in no process group of its own."""
     from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler
@@ -186,6 +261,7 @@ def test_torchrun_still_starts_workers_in_sessions_of_their_own():
     assert "start_new_session" in inspect.getsource(subprocess_handler.SubprocessHandler._popen)
 
 
+@needs("cpu_ddp")
 def test_unpatched_ddp_wrapper_refuses_a_cpu_model_and_patched_wraps_it(tmp_path):
     import torch.distributed as dist
 
@@ -207,6 +283,7 @@ def test_unpatched_ddp_wrapper_refuses_a_cpu_model_and_patched_wraps_it(tmp_path
 # ---------------------------------------------------------------------------------------------- precision
 
 
+@needs("bf16_without_tpu")
 def test_unpatched_bf16_means_tpu_and_patched_means_this_device():
     from fairseq import utils
 
@@ -219,6 +296,7 @@ def test_unpatched_bf16_means_tpu_and_patched_means_this_device():
 
 
 @no_cuda
+@needs("fp16_on_cpu")
 def test_unpatched_fp16_optimizer_puts_its_master_weights_on_a_gpu_and_patched_does_not():
     from fairseq.optim.fp16_optimizer import FP16Optimizer
 
@@ -248,6 +326,7 @@ def diverse_beam_steps(step_fn, ids):
     return step_fn(search, 1, lprobs, scores, None, ids)
 
 
+@needs("diverse_beam_batch_positions")
 def test_unpatched_diverse_beam_search_indexes_rows_with_dataset_ids_and_patched_maps_them():
     ids = torch.tensor([26, 71])  # the batch's sentences' ids in the dataset, as SequenceGenerator passes them
     with pytest.raises(IndexError):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from helpers import BIN, USER_DIR, batch, build_model, run, tool_env, valid_losses
+from helpers import USER_DIR, batch, build_model, run, tool_env, tool_path, valid_losses
 
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -88,8 +88,8 @@ def test_fairseq_train_reduced_precision_on_gpu_learns_and_generates(data, tmp_p
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_torchrun_two_gpus(data, tmp_path):
-    proc = subprocess.run([os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2",
-                           os.path.join(BIN, "fairseq-train"), str(data / "bin"), *TRAIN, "--max-epoch", "2",
+    proc = subprocess.run([tool_path("torchrun"), "--standalone", "--nproc_per_node", "2",
+                           tool_path("fairseq-train"), str(data / "bin"), *TRAIN, "--max-epoch", "2",
                            "--save-dir", str(tmp_path)], capture_output=True, text=True, env=tool_env())
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

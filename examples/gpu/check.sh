@@ -1,29 +1,76 @@
 #!/usr/bin/env bash
-# GPU checks (`make gpu-check`), for a CUDA machine: the GPU-only tests (tests/test_gpu.py: cuDNN encoder and beam
-# search equal the CPU path, --amp and --fp16 training, a 2-GPU torchrun run when two GPUs are present), then the
-# benchmark beside fairseq's lstm in float32, under --amp and under --fp16.
+# GPU checks (`make gpu-check`), for a CUDA machine, in one call: the GPU-only tests (tests/test_gpu.py: cuDNN
+# encoder and beam search equal the CPU path, --amp and --fp16 training, a 2-GPU torchrun run when two GPUs are
+# present), then the benchmark beside fairseq's lstm in float32, under --amp and under --fp16, and a one-file
+# summary of it all ($OUT/summary.md).
 #
 #   PYTHON=/path/to/python bash examples/gpu/check.sh [benchmark.py options]
 #
-# PYTHON must have a CUDA build of torch, fairseq (fairseq-fixed on Python >= 3.11), sacrebleu, sentencepiece and
-# pytest; `make setup`'s environment pins the CPU build and cannot be used. Data: Multi30k when MULTI30K_DIR names
-# a raw copy, otherwise the generated corpus (as `make benchmark`). Results go to runs/gpu-check/.
+# PYTHON must have a CUDA build of torch, sacrebleu and sentencepiece. Where it has no fairseq (a GPU machine or
+# cluster without a package registry), what is missing is installed from WHEELHOUSE (default
+# wheelhouse-X.Y for PYTHON's version X.Y, made by `make wheelhouse PY_VERSION=X.Y` on a machine with a registry)
+# into $OUT/site, with pip --no-index: nothing is downloaded and PYTHON's own packages are left as they are.
+# Data: Multi30k when MULTI30K_DIR names a raw copy, otherwise the generated corpus (as `make benchmark`).
+# Results go to OUT (default runs/gpu-check/). About 5 minutes on one H100-class GPU with the default steps.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-$ROOT/runs/gpu-check}"
 mkdir -p "$OUT"
 export PATH="$(dirname "$(command -v "$PYTHON")"):$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+start=$(date +%s)
 "$PYTHON" - <<'PY'
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit(f"gpu-check: torch {torch.__version__} here sees no CUDA device: run it on a GPU machine, with PYTHON "
              "naming a Python whose torch is a CUDA build")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
 PY
-"$PYTHON" -m pytest -q -rs "$ROOT/tests/test_gpu.py" 2>&1 | tee "$OUT/tests.txt"
+PYV="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if ! "$PYTHON" -c "import fairseq, pytest" 2>/dev/null; then
+  WHEELHOUSE="${WHEELHOUSE:-$ROOT/wheelhouse-$PYV}"
+  [ -d "$WHEELHOUSE" ] || { echo "gpu-check: this Python has no fairseq (or no pytest) and there is no wheelhouse at" \
+    "$WHEELHOUSE: run 'make wheelhouse PY_VERSION=$PYV' on a machine with a package registry and bring the folder" \
+    "(or set WHEELHOUSE)" >&2; exit 1; }
+  SITE="$OUT/site"
+  # the wheels whose distributions this Python lacks (this checkout is used for fairseq_bahdanau itself)
+  mapfile -t MISSING < <("$PYTHON" - "$WHEELHOUSE" <<'PY'
+import importlib.metadata as md, os, re, sys
+for wheel in sorted(os.listdir(sys.argv[1])):
+    name = wheel.split("-")[0]
+    if not wheel.endswith(".whl") or name == "fairseq_bahdanau":
+        continue
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        print(os.path.join(sys.argv[1], wheel))
+PY
+)
+  echo "gpu-check: installing ${#MISSING[@]} wheels from $WHEELHOUSE into $SITE (no index)"
+  rm -rf "$SITE"
+  "$PYTHON" -m pip install -q --disable-pip-version-check --no-index --no-deps --target "$SITE" "${MISSING[@]}"
+  export PYTHONPATH="$ROOT:$SITE${PYTHONPATH#$ROOT}" PATH="$SITE/bin:$PATH"
+fi
+"$PYTHON" -c "import fairseq, torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, fairseq {fairseq.__version__},', torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))" \
+  | tee "$OUT/versions.txt"
+status=0
+"$PYTHON" -m pytest -q -rs -p no:cacheprovider "$ROOT/tests/test_gpu.py" 2>&1 | tee "$OUT/tests.txt" || status=1
 for precision in fp32 amp fp16; do
   echo "== benchmark on cuda, $precision"
   PYTHON="$PYTHON" bash "$ROOT/examples/benchmark/run.sh" --device cuda --precision "$precision" \
-    --json "$OUT/benchmark-$precision.json" "$@" | tee "$OUT/benchmark-$precision.txt"
+    --json "$OUT/benchmark-$precision.json" "$@" 2>&1 | tee "$OUT/benchmark-$precision.txt" || status=1
 done
+{
+  echo "# gpu-check $(date -u +%F), $(( $(date +%s) - start )) s"
+  echo
+  cat "$OUT/versions.txt"
+  echo
+  echo "## tests/test_gpu.py"
+  tail -n 15 "$OUT/tests.txt"
+  for precision in fp32 amp fp16; do
+    echo
+    echo "## benchmark, $precision"
+    grep -E "^\|" "$OUT/benchmark-$precision.txt" || tail -n 5 "$OUT/benchmark-$precision.txt"
+  done
+} > "$OUT/summary.md"
+echo "gpu-check: summary in $OUT/summary.md (exit $status)"
+exit $status
