@@ -1,14 +1,30 @@
 """fairseq_bahdanau: the attention GRU encoder-decoder of Bahdanau et al. (2015) as a fairseq plugin.
 
-Importing the package registers the model and its architectures (use ``--user-dir`` with fairseq's tools). Where
-fairseq is not installed (a deployment of an exported translator: ``fairseq_bahdanau.serve``), it registers nothing.
+Loaded by fairseq as ``--user-dir`` (fairseq is imported by then), the package registers the model and its
+architectures and applies its fairseq patches (``compat``). Imported before fairseq, or where fairseq is not
+installed, it imports nothing: the tools (``serve``, ``length_analysis``, ``synthetic``) load only what they use.
+A program that imports this package before fairseq registers the model with :func:`register` (as ``export`` and
+``plot_attention`` do), or by importing :class:`BahdanauGRUModel` from it.
 """
 
-import importlib.util
-
-if importlib.util.find_spec("fairseq") is not None:
-    from . import compat  # noqa: F401  (checkpoint loading under torch >= 2.6)
-    from . import model, architectures  # noqa: F401  (registration: the model before its architectures)
-    from .model import BahdanauGRUModel  # noqa: F401
+import sys
 
 __version__ = "0.1.0"
+
+
+def register() -> None:
+    """Apply the fairseq patches and register the model and its architectures (once; later calls do nothing)."""
+    from . import compat, model, architectures  # noqa: F401  (the model before its architectures)
+
+
+def __getattr__(name: str):
+    if name == "BahdanauGRUModel":
+        register()
+        from .model import BahdanauGRUModel
+
+        return BahdanauGRUModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if "fairseq" in sys.modules:  # loaded by fairseq (--user-dir), or by a program that uses fairseq
+    register()

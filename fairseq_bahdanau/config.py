@@ -120,6 +120,19 @@ def config_defaults() -> Dict[str, Any]:
     return defaults
 
 
+def projection_input_dim(attention_type: str, hidden_size: int, context_dim: int, embed_dim: int,
+                         out_embed_dim: int) -> int:
+    """Size of what the decoder's vocabulary projection reads: the deep output layer's ``--decoder-out-embed-dim``
+    where there is one; otherwise the output layer's input itself, Luong's ``~s_t`` (the decoder hidden size) or
+    ``[s_i; c_i; E y_{i-1}]`` (additive attention and the fixed context). Tying the projection to an embedding
+    needs this to equal the embedding's size. The decoder sizes its layers with this too."""
+    if out_embed_dim > 0:
+        return out_embed_dim
+    if attention_type in ("dot", "general"):
+        return hidden_size
+    return hidden_size + context_dim + embed_dim
+
+
 def validate(cfg: Any) -> None:
     """Raise ``ValueError`` naming the flag if ``cfg`` (Namespace or DictConfig) cannot build a model."""
 
@@ -161,17 +174,18 @@ def validate(cfg: Any) -> None:
             f"--encoder-hidden-size (the bidirectional state), got {cfg.decoder_hidden_size} and "
             f"{cfg.encoder_hidden_size}; use --attention-type general for other sizes"
         )
-    if cfg.share_all_embeddings and not (
-        int(cfg.encoder_embed_dim) == int(cfg.decoder_embed_dim) == int(cfg.decoder_out_embed_dim)
-    ):
+    projection = projection_input_dim(attention, int(cfg.decoder_hidden_size), 2 * int(cfg.encoder_hidden_size),
+                                      int(cfg.decoder_embed_dim), int(cfg.decoder_out_embed_dim))
+    if cfg.share_all_embeddings and not int(cfg.encoder_embed_dim) == int(cfg.decoder_embed_dim) == projection:
         raise ValueError(
-            "--share-all-embeddings needs --encoder-embed-dim, --decoder-embed-dim and --decoder-out-embed-dim "
-            f"equal (one matrix for all three), got {cfg.encoder_embed_dim}, {cfg.decoder_embed_dim} and "
-            f"{cfg.decoder_out_embed_dim}"
+            "--share-all-embeddings needs --encoder-embed-dim, --decoder-embed-dim and the vocabulary projection's "
+            f"input ({projection}: --decoder-out-embed-dim, or without it the decoder's output features) equal (one "
+            f"matrix for all three), got {cfg.encoder_embed_dim}, {cfg.decoder_embed_dim} and {projection}"
         )
-    if cfg.share_decoder_input_output_embed and int(cfg.decoder_out_embed_dim) != int(cfg.decoder_embed_dim):
+    if cfg.share_decoder_input_output_embed and projection != int(cfg.decoder_embed_dim):
         raise ValueError(
-            "--share-decoder-input-output-embed needs --decoder-out-embed-dim equal to --decoder-embed-dim "
-            f"(the vocabulary projection then reuses the embedding), got {cfg.decoder_out_embed_dim} and "
+            "--share-decoder-input-output-embed needs the vocabulary projection's input (--decoder-out-embed-dim, "
+            "or without it the decoder's output features: the decoder hidden size for dot and general attention) "
+            f"equal to --decoder-embed-dim (the projection then reuses the embedding), got {projection} and "
             f"{cfg.decoder_embed_dim}"
         )

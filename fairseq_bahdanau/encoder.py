@@ -5,22 +5,19 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
-from torch import Tensor, _VF, nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import precision
 from .dropout import Dropout, drop_words
-from .gru import GRUNorms, gru_update
+from .gru import GRUNorms, flat_gru_weights, gru_kernel, gru_update, packed_gru_kernel
 
 EncoderOut = Dict[str, List[Tensor]]
 
-#: encoder_out key: ``[tensor(k)]`` when every block of k consecutive rows holds copies of one sentence (beam search)
-#: (written out where it is used: TorchScript compiles no global strings)
-ROW_COPIES = "row_copies"
-
-
 def row_copies(encoder_out: EncoderOut) -> int:
-    """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence, else 1."""
+    """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence (beam search), else
+    1: the entry ``"row_copies": [tensor(k)]``, written out where it is used (TorchScript compiles no global
+    strings)."""
     if "row_copies" in encoder_out:
         return int(encoder_out["row_copies"][0])
     return 1
@@ -190,8 +187,8 @@ class BiGRUEncoder(FairseqEncoder):
             directions: List[Tensor] = []
             for direction, inputs in enumerate([x, _gather_time(x, reverse)]):
                 first = 4 * (2 * layer + direction)  # nn.GRU's order: layer by layer, forward then backward
-                weights = self.gru._flat_weights[first : first + 4]  # weight_ih, weight_hh, bias_ih, bias_hh
-                out, _ = self._cpu_gru(inputs, h0, weights, num_layers=1, dropout=0.0, bidirectional=False)
+                weights = self.gru_weights()[first: first + 4]  # weight_ih, weight_hh, bias_ih, bias_hh
+                out, _ = self._kernel(inputs, h0, weights, num_layers=1, bidirectional=False)
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
             x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
@@ -217,7 +214,7 @@ class BiGRUEncoder(FairseqEncoder):
                 layer_input = self.dropout_module(torch.cat([directions[0], _gather_time(directions[1], reverse)], 2))
                 directions = []
             inputs = layer_input if i % 2 == 0 else _gather_time(layer_input, reverse)
-            w_ih, w_hh, b_ih, b_hh = self.gru._flat_weights[4 * i : 4 * i + 4]
+            w_ih, w_hh, b_ih, b_hh = self.gru_weights()[4 * i: 4 * i + 4]
             hidden = x.new_zeros(bsz, self.hidden_size)
             outputs: List[Tensor] = []
             # LN works row by row, so the input side is normalised for all steps at once; only LN(U h + b) is per step
@@ -231,27 +228,35 @@ class BiGRUEncoder(FairseqEncoder):
         return out.masked_fill(~keep, 0.0), torch.stack(finals)
 
     def _full_gru(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``self.gru`` on a batch without padding (S x B x E): on the CPU the same call ``nn.GRU`` makes, through
-        ``_cpu_gru``."""
-        if x.device.type != "cpu":
-            return self.gru(x)
-        gru = self.gru
-        h0 = x.new_zeros(gru.num_layers * 2, x.size(1), self.hidden_size)
-        return self._cpu_gru(x, h0, gru._flat_weights, gru.num_layers, gru.dropout, bidirectional=True)
+        """``self.gru`` on a batch without padding (S x B x E), the call ``nn.GRU`` makes (cuDNN on GPUs), with
+        dropout between layers wherever this encoder's dropout is active (``--retain-dropout`` included)."""
+        h0 = x.new_zeros(self.gru.num_layers * 2, x.size(1), self.hidden_size)
+        return self._kernel(x, h0, self.gru_weights(), self.gru.num_layers, bidirectional=True)
 
-    def _cpu_gru(
-        self, x: Tensor, h0: Tensor, weights: List[Tensor], num_layers: int, dropout: float, bidirectional: bool
+    def _kernel(
+        self, x: Tensor, h0: Tensor, weights: List[Tensor], num_layers: int, bidirectional: bool
     ) -> Tuple[Tensor, Tensor]:
-        """PyTorch's CPU GRU (``_VF.gru``, time-major, with biases). autocast leaves it in float32, so under
-        autocast its operands are cast to autocast's dtype here (``precision.cast``; a no-op otherwise)."""
+        """PyTorch's GRU kernel (``gru.gru_kernel``), dropout between layers wherever this encoder's dropout is
+        active. autocast leaves PyTorch's CPU GRU in float32, so under autocast its operands are cast to autocast's
+        dtype here (``precision.cast``; a no-op otherwise)."""
         weights = [precision.cast(w) for w in weights]
-        return _VF.gru(precision.cast(x), precision.cast(h0), weights, True, num_layers, dropout,
-                       self.dropout_module.active, bidirectional, False)
+        return gru_kernel(precision.cast(x), precision.cast(h0), weights, num_layers, self.gru.dropout,
+                          self.dropout_module.active, bidirectional)
+
+    def gru_weights(self) -> List[Tensor]:
+        """``self.gru``'s weights as its kernel takes them (``gru.flat_gru_weights``)."""
+        if not torch.jit.is_scripting():
+            return flat_gru_weights(self.gru)
+        return self.gru._flat_weights
 
     def _packed_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """The same through ``pack_padded_sequence``: on GPUs, where cuDNN runs packed batches well and one
-        direction's weights alone are not the contiguous block it expects."""
-        packed_out, final = self.gru(pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False))
+        direction's weights alone are not the contiguous block it expects. Dropout between layers wherever this
+        encoder's dropout is active (``--retain-dropout`` included), as on the CPU path."""
+        if not torch.jit.is_scripting():
+            return packed_gru_kernel(x, lengths, self.gru_weights(), self.gru.num_layers, self.hidden_size,
+                                     self.gru.dropout, self.dropout_module.active)
+        packed_out, final = self.gru(pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False))  # inference
         return pad_packed_sequence(packed_out, total_length=x.size(0))[0], final
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
@@ -260,7 +265,7 @@ class BiGRUEncoder(FairseqEncoder):
         Beam search first repeats every sentence ``beam`` times, then reorders the hypotheses at every step,
         mostly within their sentence. The result records (``row_copies``) which rows are copies of one sentence,
         so that a reorder that changes nothing but the order of copies returns the same tensors without copying
-        them, and the decoder keeps one source row per sentence (``AttentionGRUDecoder._source``).
+        them, and the decoder keeps one source row per sentence (``GRUDecoder._source``).
         """
         rows = encoder_out["decoder_init"][0].size(0)
         copies = row_copies(encoder_out)

@@ -91,7 +91,9 @@ def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, tar
     """The models of ``paths`` (in eval mode) and their task, with the dictionaries of ``data``."""
     from fairseq import checkpoint_utils
 
-    import fairseq_bahdanau  # noqa: F401  (registers the model)
+    from fairseq_bahdanau import register
+
+    register()
 
     overrides: Dict[str, object] = {"data": data}
     if source_lang:

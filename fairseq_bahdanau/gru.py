@@ -16,11 +16,12 @@ with their own gain and bias: the reset and update gates' 2H together and the ca
     h'     = (1 - z) * n + z * h
 """
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
 def gru_update(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
@@ -108,3 +109,42 @@ class NormGRUCell(FedGRUCell):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, 0, hidden_size, layer_norm=True)
+
+
+# PyTorch's RNN kernels and an nn.GRU's flat weight list are private API (``_VF.gru``, ``_flat_weights``), used
+# the way ``nn.GRU.forward`` uses them. The encoder reaches them only through the three functions below.
+
+
+def flat_gru_weights(gru: nn.GRU) -> List[Tensor]:
+    """Every layer's and direction's ``[weight_ih, weight_hh, bias_ih, bias_hh]`` of ``gru``, in one list in
+    ``nn.GRU``'s order (layer by layer, forward then backward): its ``_flat_weights`` (the list its forward hands
+    the kernel: on GPUs, views into one contiguous block), or the public ``all_weights`` where a PyTorch lacks
+    them. Eager mode (TorchScript reads ``_flat_weights`` itself: ``BiGRUEncoder.gru_weights``)."""
+    flat = getattr(gru, "_flat_weights", None)
+    if flat is not None:
+        return list(flat)
+    weights: List[Tensor] = []
+    for direction in gru.all_weights:
+        weights.extend(direction)
+    return weights
+
+
+def gru_kernel(x: Tensor, h0: Tensor, weights: List[Tensor], num_layers: int, dropout: float, train: bool,
+               bidirectional: bool) -> Tuple[Tensor, Tensor]:
+    """PyTorch's GRU kernel (cuDNN on GPUs) over a time-major padded batch, as ``nn.GRU.forward`` calls it, but
+    with the caller deciding whether dropout between layers is on (``train``: ``--retain-dropout`` too).
+    x S x B x I, h0 (num_layers * directions) x B x H -> outputs S x B x (directions * H), final states like h0."""
+    return _VF.gru(x, h0, weights, True, num_layers, dropout, train, bidirectional, False)
+
+
+def packed_gru_kernel(x: Tensor, lengths: Tensor, weights: List[Tensor], num_layers: int, hidden_size: int,
+                      dropout: float, train: bool) -> Tuple[Tensor, Tensor]:
+    """A bidirectional stack over a right-padded batch through ``pack_padded_sequence`` (cuDNN runs packed
+    batches best), as ``nn.GRU.forward`` runs a packed batch, dropout between layers where ``train``.
+    x S x B x I, lengths B -> outputs S x B x 2H (zero at padding), final states (num_layers * 2) x B x H.
+    Eager mode only (TorchScript runs ``nn.GRU`` itself on the packed batch)."""
+    packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+    h0 = x.new_zeros(2 * num_layers, x.size(1), hidden_size)
+    data, final = _VF.gru(packed.data, packed.batch_sizes, h0, weights, True, num_layers, dropout, train, True)
+    out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+    return pad_packed_sequence(out, total_length=x.size(0))[0], final.index_select(1, packed.unsorted_indices)

@@ -12,12 +12,16 @@ which ranges were merged. For each bucket the table gives the sentence count and
 resamples of the bucket's sentences. ``--plot`` draws BLEU against length, one line per system (matplotlib).
 
 A system's file is plain text (one hypothesis per line, in the reference's order) or ``fairseq-generate`` output,
-whose ``D-`` lines (detokenized hypotheses; ``H-`` where there are none) are put back in sentence order by id.
+whose ``D-`` lines (detokenized hypotheses; ``H-`` where there are none) are put back in sentence order by id. A
+file is taken for ``fairseq-generate`` output only if it has such lines in their exact shape, ``D-<id>\\t<score>\\t``
+(an integer id, then a tab): a plain-text line that merely starts with ``H-`` or ``D-`` ("H-bomb tests ...") is
+a hypothesis like any other. Sources, references and plain-text systems are read alike, one sentence per line (a
+final newline ends the last line; an empty line before it is an empty sentence, in every file).
 """
 
 import argparse
-import logging
 import random
+import re
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -36,29 +40,41 @@ class Score(NamedTuple):
     interval: Optional[Tuple[float, float]]  # 95% bootstrap interval, when asked
 
 
-def read_system(path: str, count: int) -> List[str]:
-    """A system's hypotheses, in test-set order: plain text, or fairseq-generate output (``D-``/``H-`` lines)."""
+#: a fairseq-generate hypothesis line: ``D-<id>\t<score>\t<text>`` (detokenized) or ``H-<id>\t<score>\t<text>``
+_GENERATED = re.compile(r"([DH])-(\d+)\t")
+
+
+def read_lines(path: str) -> List[str]:
+    """The lines of a plain-text file, one sentence each: a final newline does not start another (empty)
+    sentence, but an empty line before it is one (as for ``wc -l``, when the file ends with a newline)."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
-    if lines and lines[-1] == "":
+    if lines[-1] == "":
         lines.pop()
-    tagged = {}
-    for prefix in ("D-", "H-"):
-        for line in lines:
-            if line.startswith(prefix):
-                head, _score, *text = line.split("\t")
-                tagged.setdefault(prefix, {})[int(head[len(prefix):])] = text[0] if text else ""
-        if prefix in tagged:
-            break
+    return lines
+
+
+def read_system(path: str, count: int, reference: Optional[str] = None) -> List[str]:
+    """A system's hypotheses, in test-set order: plain text (read as :func:`read_lines` does), or fairseq-generate
+    output, recognised by its ``D-<id>\\t``/``H-<id>\\t`` lines (``D-`` where there are any). ``count`` is the
+    number of references (read from the file ``reference``, named in the errors when given)."""
+    lines = read_lines(path)
+    tagged: Dict[str, Dict[int, str]] = {}
+    for line in lines:
+        match = _GENERATED.match(line)
+        if match:
+            _score, *text = line[match.end():].split("\t", 1)
+            tagged.setdefault(match.group(1), {})[int(match.group(2))] = text[0] if text else ""
     if tagged:
-        found = next(iter(tagged.values()))
+        found = tagged.get("D", tagged.get("H"))
         missing = [i for i in range(count) if i not in found]
         if missing:
             raise ValueError(f"{path}: fairseq-generate output without hypotheses for {len(missing)} of {count} "
                              f"sentences (e.g. id {missing[0]})")
         return [found[i] for i in range(count)]
     if len(lines) != count:
-        raise ValueError(f"{path}: {len(lines)} lines, but the reference has {count}")
+        raise ValueError(f"{path}: {len(lines)} lines, but the reference{'' if reference is None else ' ' + reference}"
+                         f" has {count}")
     return lines
 
 
@@ -90,21 +106,34 @@ def buckets(lengths: Sequence[int], width: int, min_sentences: int) -> List[Buck
     return result
 
 
-_SCORER = sacrebleu.metrics.BLEU()  # scores summed statistics (lowercasing acts on the statistics, not here)
+#: BLEU's settings: sacreBLEU's defaults for corpus BLEU (n-grams up to 4, exponential smoothing)
+MAX_NGRAM_ORDER = 4
+SMOOTH_METHOD = "exp"
 
 
 def sentence_statistics(hypotheses: Sequence[str], references: Sequence[str],
                         lowercase: bool) -> List[List[int]]:
     """BLEU's sufficient statistics for each sentence (hypothesis and reference length, then matching and total
     n-grams for n = 1..4), tokenised once: a corpus score over any selection of sentences, such as a bootstrap
-    resample, is computed from their sums (with the private methods sacreBLEU 2's own paired bootstrap uses)."""
-    return sacrebleu.metrics.BLEU(lowercase=lowercase)._extract_corpus_statistics(list(hypotheses), [list(references)])
+    resample, is computed from their sums (:func:`corpus_bleu`). They come from sacreBLEU's public API, the
+    ``counts``, ``totals``, ``sys_len`` and ``ref_len`` of each sentence's score (``effective_order``, without
+    which ``sentence_score`` warns on every call, and the smoothing change the sentence's score, not these)."""
+    metric = sacrebleu.metrics.BLEU(lowercase=lowercase, max_ngram_order=MAX_NGRAM_ORDER, effective_order=True)
+    statistics = []
+    for hypothesis, reference in zip(hypotheses, references):
+        s = metric.sentence_score(hypothesis, [reference])
+        statistics.append([s.sys_len, s.ref_len] + list(s.counts) + list(s.totals))
+    return statistics
 
 
 def corpus_bleu(statistics: Sequence[List[int]], indices: Sequence[int]) -> float:
-    """Corpus BLEU (sacreBLEU's default exponential smoothing) of the sentences at ``indices``, repeats counted."""
-    totals = [sum(column) for column in zip(*(statistics[i] for i in indices))]
-    return _SCORER._compute_score_from_stats(totals).score
+    """Corpus BLEU (sacreBLEU's default exponential smoothing) of the sentences at ``indices``, repeats counted:
+    sacreBLEU's :meth:`BLEU.compute_bleu` of their summed statistics (lowercasing acts on the statistics, not
+    here)."""
+    sums = [sum(column) for column in zip(*(statistics[i] for i in indices))]
+    n = MAX_NGRAM_ORDER
+    return sacrebleu.metrics.BLEU.compute_bleu(sums[2:2 + n], sums[2 + n:2 + 2 * n], sums[0], sums[1],
+                                               smooth_method=SMOOTH_METHOD, max_ngram_order=n).score
 
 
 def score(statistics: Sequence[List[int]], indices: Sequence[int], bootstrap: int, seed: int = 12345) -> Score:
@@ -188,18 +217,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq (with the package) set DEBUG
-    with open(args.source, encoding="utf-8") as f:
-        sources = f.read().rstrip("\n").split("\n")
-    with open(args.reference, encoding="utf-8") as f:
-        references = f.read().rstrip("\n").split("\n")
+    try:
+        sources, references = read_lines(args.source), read_lines(args.reference)
+    except OSError as e:
+        raise SystemExit(f"error: {e}")
     if len(sources) != len(references):
-        raise SystemExit(f"error: {len(sources)} source lines but {len(references)} reference lines")
+        raise SystemExit(f"error: the source {args.source} has {len(sources)} lines, but the reference "
+                         f"{args.reference} has {len(references)}")
     systems = {}
     for system in args.system:
         name, path = system.split("=", 1)
         try:
-            systems[name] = read_system(path, len(references))
+            systems[name] = read_system(path, len(references), args.reference)
         except (OSError, ValueError) as e:
             raise SystemExit(f"error: {e}")
     rows = buckets([len(s.split()) for s in sources], args.width, args.min_sentences)

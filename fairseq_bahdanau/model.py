@@ -16,11 +16,14 @@ logger = logging.getLogger(__name__)
 
 
 def reinitialise(model: nn.Module, init_range: float) -> None:
-    """Draw every parameter except the token embeddings (uniform in [-0.1, 0.1] already, zero at padding) and the
-    layer normalisations' gains and biases (1 and 0) uniformly from [-init_range, init_range], in
-    ``named_parameters`` order (a tied output projection is the target embedding and is left alone too)."""
-    for name, param in model.named_parameters():
-        if "embed_tokens" not in name and "norms." not in name:
+    """Draw every parameter uniformly from [-init_range, init_range], in ``named_parameters`` order, except those
+    of the token embeddings (``nn.Embedding``: uniform in [-0.1, 0.1] already, zero at padding; a tied output
+    projection is the target embedding and is left alone too) and of the layer normalisations (``nn.LayerNorm``:
+    gains 1, biases 0)."""
+    keep = {id(p) for module in model.modules() if isinstance(module, (nn.Embedding, nn.LayerNorm))
+            for p in module.parameters(recurse=False)}
+    for param in model.parameters():
+        if id(param) not in keep:
             nn.init.uniform_(param, -init_range, init_range)
 
 

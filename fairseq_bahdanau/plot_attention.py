@@ -168,10 +168,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    # force: importing fairseq (via this package) has already configured the root logger, at DEBUG level
-    logging.basicConfig(
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, force=True
-    )
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = parse_args(argv)
     hub = load_hub(args.path, args.data, args.spm, args.source_lang, args.target_lang)
     source_pieces, target_pieces, weights = attention_matrix(hub, args.sentence, beam=args.beam)

@@ -9,7 +9,7 @@ same checkpoint. In Python:
     translate = load("translator.pt")
     translate(["Ein Mann fährt Fahrrad."])  # -> ["A man is riding a bike."]
 
-This module imports nothing of fairseq (nor does the package, where fairseq is not installed), so it and the
+This module imports nothing of fairseq (nor does the package or ``export`` at import), so it and the
 translator file are all a deployment needs besides torch and sentencepiece.
 """
 
@@ -20,8 +20,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 
-META_FILE = "translator.json"  # as in export.py (not imported from there: it imports fairseq when it runs)
-SPM_FILE = "sentencepiece.model"
+from .export import META_FILE, SPM_FILE
 
 
 class LoadedTranslator:

@@ -213,8 +213,6 @@ def test_same_seed_gives_bit_identical_parameters(attention_type):
 
 
 def test_fairseq_train_is_deterministic_on_cpu(tmp_path):
-    import fairseq_bahdanau  # noqa: F401  (allow-lists what fairseq checkpoints need for torch.load)
-
     write_corpus(str(tmp_path / "raw"), train=300, valid=50, test=50)
     preprocess(tmp_path / "raw", tmp_path / "bin")
 

@@ -1,6 +1,7 @@
 """``python -m fairseq_bahdanau.length_analysis``: BLEU by source length, table and figure, for two small systems."""
 
 import random
+import re
 
 import matplotlib.image
 import pytest
@@ -92,3 +93,67 @@ def test_bleu_from_sentence_statistics_equals_sacrebleu(lowercase):
         assert length_analysis.corpus_bleu(statistics, indices) == pytest.approx(expected, abs=1e-9)
     assert length_analysis.corpus_bleu(statistics, [0]) != length_analysis.corpus_bleu(
         length_analysis.sentence_statistics(hypotheses, references, not lowercase), [0])  # the case matters
+
+
+def test_plain_text_whose_lines_start_with_h_or_d_is_not_taken_for_fairseq_generate_output(tmp_path):
+    """Only ``H-<id>\\t``/``D-<id>\\t`` lines (integer id, then a tab) make a file fairseq-generate output."""
+    plain = ["H-bomb tests were banned.", "D-Day was in June.", "H-1 is a road", "D-3 minus one"]
+    (tmp_path / "plain.txt").write_text("\n".join(plain) + "\n")
+    assert length_analysis.read_system(str(tmp_path / "plain.txt"), 4) == plain
+    # generate output: the D- lines (whose text may itself start with "D-"), in id order; untagged lines ignored
+    (tmp_path / "gen.out").write_text("S-1\tx\nH-1\t-0.2\td-day\nD-1\t-0.2\tD-Day\nH-0\t-0.1\th-bomb\n"
+                                      "D-0\t-0.1\tH-bomb\nGenerate test with beam=5: BLEU4 = 1.0\n")
+    assert length_analysis.read_system(str(tmp_path / "gen.out"), 2) == ["H-bomb", "D-Day"]
+
+
+def test_an_empty_last_sentence_is_kept_in_source_reference_and_system(tmp_path, capsys):
+    """Sources, references and plain-text systems are read alike: a final newline ends the last line, an empty
+    line before it is an (empty) sentence in every file, so the counts agree."""
+    (tmp_path / "src").write_text("ein Hund\nzwei Katzen\n\n")
+    (tmp_path / "ref").write_text("a dog runs home\ntwo cats sit on a mat\n\n")
+    (tmp_path / "sys").write_text("a dog runs home\ntwo cats sit on a mat\n\n")
+    length_analysis.main(["--source", str(tmp_path / "src"), "--reference", str(tmp_path / "ref"),
+                          "--system", f"s={tmp_path / 'sys'}", "--min-sentences", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| all")]
+    assert rows == ["| all | 3 | 100.00 |"]
+    for name, text in [("src", "ein Hund\nzwei Katzen\n"), ("src-crlf", "ein Hund\r\nzwei Katzen\r\n\r\n")]:
+        (tmp_path / name).write_text(text, newline="")
+        assert len(length_analysis.read_lines(str(tmp_path / name))) == text.count("\n")
+
+
+def test_line_count_mismatches_name_the_files_and_both_counts(tmp_path):
+    (tmp_path / "src").write_text("a\nb\nc\n")
+    (tmp_path / "ref").write_text("a\nb\n")
+    (tmp_path / "sys").write_text("a\n")
+    message = f"the source {tmp_path / 'src'} has 3 lines, but the reference {tmp_path / 'ref'} has 2"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        length_analysis.main(["--source", str(tmp_path / "src"), "--reference", str(tmp_path / "ref"),
+                              "--system", f"s={tmp_path / 'sys'}"])
+    (tmp_path / "src").write_text("a\nb\n")
+    message = f"{tmp_path / 'sys'}: 1 lines, but the reference {tmp_path / 'ref'} has 2"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        length_analysis.main(["--source", str(tmp_path / "src"), "--reference", str(tmp_path / "ref"),
+                              "--system", f"s={tmp_path / 'sys'}"])
+
+
+def test_only_public_sacrebleu_api_is_used():
+    """setup.py allows any sacrebleu >= 2.0: the module may not rely on its private (underscored) methods."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(length_analysis))
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and node.attr.startswith("_") and not node.attr.startswith("__")})
+    assert private == []
+    imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.split(".")[0] == "fairseq" for name in imported)
+
+
+def test_sentence_statistics_log_no_warning_per_sentence(caplog):
+    """The per-sentence statistics come from ``sentence_score``, which warns on every call unless the metric
+    uses ``effective_order`` (which does not change the statistics)."""
+    with caplog.at_level("WARNING"):
+        statistics = length_analysis.sentence_statistics(["a b c d", "e f"], ["a b c d", "e g"], False)
+    assert statistics == [[4, 4, 4, 3, 2, 1, 4, 3, 2, 1], [2, 2, 1, 0, 0, 0, 2, 1, 0, 0]]
+    assert caplog.records == []

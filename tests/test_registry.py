@@ -1,10 +1,40 @@
 """Registration, architecture defaults, flag overrides and bad flag values."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from fairseq import options
 from fairseq.models import ARCH_MODEL_REGISTRY
 
-from helpers import build_model
+from helpers import USER_DIR, build_model
+
+
+def python(code: str) -> str:
+    """The last line ``code`` prints in a fresh interpreter that finds the package as installed."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(USER_DIR))
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_tools_import_no_fairseq():
+    """A deployment (``serve``) and the analysis tools import nothing of fairseq, and register nothing, even where
+    fairseq is installed."""
+    tools = ["serve", "export", "length_analysis", "synthetic", "plot_attention"]
+    code = (f"import sys; import {', '.join('fairseq_bahdanau.' + tool for tool in tools)}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fairseq'))")
+    assert python(code) == "[]"
+
+
+def test_register_after_a_tool_import_and_on_fairseq_user_dir_load():
+    code = ("import fairseq_bahdanau.serve, fairseq_bahdanau; fairseq_bahdanau.register(); "
+            "from fairseq.models import ARCH_MODEL_REGISTRY; print(ARCH_MODEL_REGISTRY['bahdanau_gru_tiny'].__name__)")
+    assert python(code) == "BahdanauGRUModel"
+    code = ("from fairseq import utils; from argparse import Namespace; "
+            f"utils.import_user_module(Namespace(user_dir={USER_DIR!r})); "
+            "from fairseq.models import ARCH_MODEL_REGISTRY; print('bahdanau_gru' in ARCH_MODEL_REGISTRY)")
+    assert python(code) == "True"
 
 
 def parse(*flags):
@@ -86,6 +116,18 @@ def test_unknown_attention_type_is_refused_by_the_parser(capsys):
 def test_bad_values_fail_at_build_time_naming_the_flag(overrides, flag):
     with pytest.raises(ValueError, match=flag):
         build_model(**overrides)
+
+
+@pytest.mark.parametrize("attention_type", ["dot", "general"])
+def test_luong_without_deep_output_ties_when_the_hidden_size_is_the_embedding_size(attention_type):
+    """Luong's output layer reads ~s_t (the decoder hidden size): with no deep output and hidden size = embedding
+    size the projection can reuse the target embedding, and the flag check agrees with the decoder."""
+    model = build_model(attention_type=attention_type, decoder_embed_dim=64, decoder_hidden_size=64,
+                        decoder_out_embed_dim=0, share_decoder_input_output_embed=True)
+    assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
+    with pytest.raises(ValueError, match="--share-decoder-input-output-embed"):  # additive reads [s; c; E y]
+        build_model(decoder_embed_dim=64, decoder_hidden_size=64, decoder_out_embed_dim=0,
+                    share_decoder_input_output_embed=True)
 
 
 def test_share_all_embeddings_ties_source_target_and_output():

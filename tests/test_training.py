@@ -64,6 +64,23 @@ def test_retain_dropout_keeps_dropout_on_at_inference(modules):
     assert not model.training
 
 
+@pytest.mark.parametrize("path", ["_padded_gru", "_packed_gru"], ids=["cpu-padded", "packed (the GPU path)"])
+def test_retain_dropout_reaches_the_dropout_between_encoder_layers_on_every_path(path):
+    """--retain-dropout with --encoder-layers 2: dropout between the layers at inference, on the CPU's padded path
+    and on the packed path that GPUs take (forced here on the CPU); nn.GRU's own forward would follow
+    ``training`` only."""
+    model = build_model(encoder_layers=2, dropout=0.3).eval()
+    encoder = model.encoder
+    x = torch.randn(7, 3, encoder.embed_tokens.embedding_dim)
+    lengths = torch.tensor([7, 5, 2])
+    run = getattr(encoder, path)
+    with torch.no_grad():
+        assert torch.equal(run(x, lengths)[0], run(x, lengths)[0])  # inference: no dropout
+        model.make_generation_fast_(retain_dropout=True)
+        first, second = run(x, lengths)[0], run(x, lengths)[0]
+    assert not torch.equal(first, second)  # the second layer reads a dropped-out first layer
+
+
 def test_teacher_forcing_ratio_feeds_predictions():
     """With ratio 0 the model's own greedy predictions are fed: step t's logits equal those of a teacher-forced
     run on the greedy prefix; with ratio 1 training uses the reference tokens (the fast path)."""

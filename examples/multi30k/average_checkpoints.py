@@ -13,7 +13,9 @@ import sys
 
 import torch
 
-import fairseq_bahdanau  # noqa: F401  (safe globals for fairseq checkpoints)
+from fairseq_bahdanau import register
+
+register()  # the allow-list of types fairseq checkpoints hold (compat.py)
 
 
 def main() -> None:
