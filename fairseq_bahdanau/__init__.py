@@ -26,5 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if "fairseq" in sys.modules:  # loaded by fairseq (--user-dir), or by a program that uses fairseq
+if sys.modules.get("fairseq") is not None:  # loaded by fairseq (--user-dir), or by a program that uses fairseq
     register()

@@ -101,6 +101,11 @@ class AdditiveAttention(nn.Module):
         self.v = nn.Parameter(torch.empty(attention_dim))  # v_a
         nn.init.uniform_(self.v, -0.1, 0.1)
 
+    def query_weight(self) -> Tensor:
+        """``W_a`` (A x Q), for a caller that projects the query itself, fused with another matrix multiply of
+        the same input (the decoder's GRU hidden gates), and then calls ``attend``."""
+        return self.query_proj.weight
+
     def precompute(self, values: Tensor) -> Tensor:
         """``U_a h_j`` for every source position, once per sentence: B x S x C -> B x S x A."""
         return self.key_proj(values)

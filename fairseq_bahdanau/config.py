@@ -50,7 +50,8 @@ class BahdanauGRUConfig(FairseqDataclass):
         },
     )
     attention_dim: int = field(
-        default=0, metadata={"help": "hidden size of the additive attention MLP (0: the decoder hidden size)"}
+        default=0, metadata={"help": "hidden size of the additive attention MLP (0: the decoder hidden size); "
+                             "additive attention only: dot and general scores have no MLP and ignore it"}
     )
     dropout: float = field(default=0.5, metadata={"help": "dropout probability"})
     word_dropout: float = field(

@@ -1,6 +1,9 @@
 """The attention GRU decoders (Bahdanau et al. 2015, Section 3.1 and Appendix A.2.2; Luong et al. 2015, Section 3).
 
-One step loop, two attention families, each a subclass of ``AttentionGRUDecoder`` that says what differs:
+``GRUDecoder`` owns what every family shares: the embeddings, the GRU layers, the output layer, the step loop
+(teacher-forced, incremental, or with scheduled feeding), the incremental cache and its reordering. Each family
+is a subclass that says what differs: what it computes once per sentence (its part of ``Source``), one step, and
+what the output layer reads:
 
 | family | attention runs | with the query | the first GRU layer is fed | the output layer reads |
 |---|---|---|---|---|
@@ -26,14 +29,14 @@ Everything that does not depend on the previous step is kept out of the step loo
 sentence, cached across incremental steps), the embedding part of the first GRU layer's input gates (one matrix
 multiply for all steps) and the whole output layer (applied once after the loop). Scheduled feeding
 (``--teacher-forcing-ratio`` below 1) is the only mode that needs the output layer inside the loop: it runs a
-loop of its own over the same step (``ScheduledFeeding``, training only).
+loop of its own over the same step (``GRUDecoder._run_scheduled``, training only).
 
 The inference path is TorchScript-compatible (``torch.jit.script``; see ``export.py``): the training-only
 machinery (the tapes of ``deferred``, autocast's casts, scheduled feeding) is switched off by
 ``torch.jit.is_scripting()``, which TorchScript treats as a constant.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +44,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
 from . import deferred, precision
+from .config import projection_input_dim
 from .attention import AdditiveAttention, LuongAttention, padding_bias
 from .dropout import Dropout, drop_words
 from .encoder import EncoderOut, block_owners, build_embedding, row_copies
@@ -65,13 +69,17 @@ def _cached(cache: Dict[str, Optional[Tensor]], key: str) -> Tensor:
 
 
 class Source(NamedTuple):
-    """What depends only on the source sentence, computed once per sentence (``_source``).
+    """What depends only on the source sentence, computed once per sentence (``_new_source``) and, in incremental
+    decoding, cached (the fields that are not None) and reordered with the hypotheses.
 
-    Rows may be one per group of hypotheses that share a sentence (beam search; see attention.py)."""
+    Attention families (additive, dot, general) fill ``keys``, ``values`` and ``mask_bias``; rows may then be one
+    per group of hypotheses that share a sentence (beam search; see attention.py). The fixed context fills
+    ``values`` (the context ``c``, B x C) and ``gates`` (``W_c c``, B x 3H), one row per hypothesis."""
 
-    keys: Tensor  # B x S x A: the attention's precomputed part
-    values: Tensor  # B x S x V: what the attention weights sum (the annotations, possibly extended)
-    mask_bias: Tensor  # B x S: 0, or -inf at padding
+    values: Tensor  # B x S x V: what the attention weights sum (the annotations, possibly extended); or c, B x C
+    keys: Optional[Tensor] = None  # B x S x A: the attention's precomputed part
+    mask_bias: Optional[Tensor] = None  # B x S: 0, or -inf at padding
+    gates: Optional[Tensor] = None  # B x 3H: the fixed context's share of the first layer's input gates
 
 
 class StepWeights(NamedTuple):
@@ -119,12 +127,12 @@ class Run(NamedTuple):
 
 
 
-class AttentionGRUDecoder(FairseqIncrementalDecoder):
-    """GRU decoder with attention, a deep output layer and incremental decoding: the step loop and everything
-    the attention families share. Subclasses say what differs (see the module docstring)."""
-
-    #: ``--attention-type`` values a subclass implements
-    attention_types: Tuple[str, ...] = ()
+class GRUDecoder(FairseqIncrementalDecoder):
+    """GRU decoder with a deep output layer and incremental decoding: the step loop, the incremental cache and its
+    reordering, shared by every family. A family (subclass) passes its own parts to ``__init__`` (its attention
+    module, the size of what its first GRU layer is fed, the size of what its output layer reads) and defines
+    ``_new_source`` and ``_step``, and ``_features`` where its output layer reads something else than the paper's
+    ``[s_i; c_i; E y_{i-1}]``."""
 
     def __init__(
         self,
@@ -134,7 +142,9 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         num_layers: int,
         encoder_output_dim: int,
         attention_type: str,
-        attention_dim: int = 0,
+        build_attention: Callable[[], Optional[nn.Module]],
+        feed_dim: int,
+        features_dim: int,
         out_embed_dim: int = 0,
         output_activation: str = "linear",
         dropout: float = 0.5,
@@ -144,6 +154,10 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         word_dropout: float = 0.0,
         layer_norm: bool = False,
     ) -> None:
+        """``build_attention`` makes the family's attention module (or None), called after the embeddings are
+        made (so that parameters are made, and drawn from the seeded generator, in the same order for every
+        family); ``feed_dim``: the size of what the first GRU layer reads beside the embedding; ``features_dim``:
+        the size of the output layer's input (before the deep output)."""
         super().__init__(dictionary)
         self.attention_type = attention_type
         self.dropout_module = Dropout(dropout, module_name=type(self).__name__)
@@ -157,72 +171,49 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         self.output_activation = output_activation
 
         self.embed_tokens = build_embedding(dictionary, embed_dim)
-        self.attention = self._build_attention(attention_dim)
+        self.attention = build_attention()
         upper = NormGRUCell if layer_norm else nn.GRUCell
         self.layers = nn.ModuleList(
-            [FedGRUCell(embed_dim, self._feed_dim(), hidden_size, layer_norm)]
+            [FedGRUCell(embed_dim, feed_dim, hidden_size, layer_norm)]
             + [upper(hidden_size, hidden_size) for _ in range(num_layers - 1)]
         )
-        features_dim = self._features_dim()
         if out_embed_dim > 0:
             width = 2 * out_embed_dim if output_activation == "maxout" else out_embed_dim
             self.deep_output: Optional[nn.Linear] = nn.Linear(features_dim, width)
-            features_dim = out_embed_dim
         else:
             self.deep_output = None
-        self.output_projection = nn.Linear(features_dim, len(dictionary))
+        projection_dim = projection_input_dim(attention_type, hidden_size, encoder_output_dim, embed_dim,
+                                              out_embed_dim)
+        self.output_projection = nn.Linear(projection_dim, len(dictionary))
         if share_input_output_embed:
-            if features_dim != embed_dim:
+            if projection_dim != embed_dim:
                 raise ValueError(
-                    "--share-decoder-input-output-embed needs --decoder-out-embed-dim == --decoder-embed-dim"
+                    "--share-decoder-input-output-embed needs the vocabulary projection's input "
+                    f"({projection_dim}) to equal --decoder-embed-dim ({embed_dim})"
                 )
             self.output_projection.weight = self.embed_tokens.weight
 
     # ------------------------------------------------------------------ what a family defines
 
-    def _build_attention(self, attention_dim: int) -> Optional[nn.Module]:
-        raise NotImplementedError
-
-    def _feed_dim(self) -> int:
-        """Size of what the first GRU layer reads beside the embedding."""
-        raise NotImplementedError
-
-    def _features_dim(self) -> int:
-        """Size of the output layer's input: by default the paper's ``[s_i; c_i; E y_{i-1}]``."""
-        return self.hidden_size + self.encoder_output_dim + self.embed_dim
-
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
-        """The source side of a new batch (see ``_source``): the attention's keys and values over the annotations
-        and the padding bias. In incremental decoding beam search's copies of a sentence (consecutive rows) share
-        one row, so that the source side is neither computed nor reordered per hypothesis."""
-        annotations = encoder_out["encoder_out"][0].transpose(0, 1)
-        padding_mask = encoder_out["encoder_padding_mask"][0]
-        copies = row_copies(encoder_out)
-        if incremental and copies > 1:  # B*beam x S x C -> B x S x C
-            annotations, padding_mask = annotations[::copies], padding_mask[::copies]
-        annotations = annotations.contiguous()
-        keys = self.attention.precompute(annotations)
-        values = self._values(annotations)
-        keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
-        return Source(keys, values, padding_bias(padding_mask, values.dtype))
-
-    def _values(self, annotations: Tensor) -> Tensor:
-        """What the attention weights sum, from the annotations (B x S x C), once per sentence."""
-        return annotations
-
-    def _initial_feed(self, hidden: Tensor) -> Optional[Tensor]:
-        """The first step's feed, for a batch whose initial state is ``hidden`` (B x L x H)."""
-        return None
-
-    def _weights(self, steps: int) -> StepWeights:
-        """The step's weights, for ``steps`` steps (see ``_step_weights``)."""
-        first = self.layers[0]
-        return StepWeights(first.weight_hh, first.bias_hh, fused_query=False)
+        """The source side of a new batch, computed once per sentence (see ``Source``). ``incremental``: for
+        incremental decoding, where beam search's copies of a sentence (consecutive rows) may share one row."""
+        raise NotImplementedError
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
         """One decoder step for the batch. emb_gates: B x 3H, the embedding part of the first layer's input gates
         (with its bias)."""
         raise NotImplementedError
+
+    def _initial_feed(self, hidden: Tensor) -> Optional[Tensor]:
+        """The first step's feed, for a batch whose initial state is ``hidden`` (B x L x H): none by default."""
+        return None
+
+    def _weights(self, steps: int) -> StepWeights:
+        """The step's weights, for ``steps`` steps (see ``_step_weights``): the first layer's recurrent ones by
+        default."""
+        first = self.layers[0]
+        return StepWeights(first.weight_hh, first.bias_hh, fused_query=False)
 
     def _features(self, outputs: Tensor, contexts: Optional[Tensor], inputs: Tensor) -> Tensor:
         """The output layer's input, B x T x F, from the steps' outputs, contexts and input embeddings: by default
@@ -260,15 +251,13 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         emb = self._embed(prev_output_tokens)
         if not torch.jit.is_scripting():  # scheduled feeding is for training, which TorchScript is not
             if self.training and self.teacher_forcing_ratio < 1.0 and incremental_state is None:
-                run, logits = ScheduledFeeding(self, emb).run(state, source)
-                extra: Dict[str, List[Optional[Tensor]]] = {"attn": [run.attn]}
-                if features_only:
-                    return self._features(run.outputs, run.contexts, run.inputs), extra
-                return logits, extra  # the loop already applied the output layer
+                run, features, logits = self._run_scheduled(emb, state, source)
+                # the loop already applied the output layer, to these very features (one dropout mask)
+                return (features if features_only else logits), {"attn": [run.attn]}
         run = self._run(emb, state, source)
         if incremental_state is not None:
             self._save_state(incremental_state, run.state)
-        extra = {"attn": [run.attn]}
+        extra: Dict[str, List[Optional[Tensor]]] = {"attn": [run.attn]}
         features = self._features(run.outputs, run.contexts, run.inputs)
         return (features if features_only else self.output_layer(features)), extra
 
@@ -298,7 +287,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             return
         source = self.get_incremental_state(incremental_state, "source")
         if source is not None:
-            rows = _cached(source, "keys").size(0)
+            rows = _cached(source, "values").size(0)
             group = _cached(state, "hidden").size(0) // rows
             owners = block_owners(new_order, group)
             if owners is None:
@@ -310,19 +299,25 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
     def max_positions(self) -> int:
         return self.max_target_positions
 
-    # ------------------------------------------------------------------ the recurrence
+    # ------------------------------------------------------------------ the incremental cache
 
     def _source(self, encoder_out: EncoderOut, incremental_state: Optional[IncrementalState]) -> Source:
         """The source side, computed once per sentence (``_new_source``) and, in incremental decoding, cached
-        for all later steps."""
+        (the fields that are not None) for all later steps."""
         if incremental_state is None:
             return self._new_source(encoder_out, incremental=False)
         cached = self.get_incremental_state(incremental_state, "source")
         if cached is not None:
-            return Source(_cached(cached, "keys"), _cached(cached, "values"), _cached(cached, "mask_bias"))
+            return Source(_cached(cached, "values"), cached.get("keys"), cached.get("mask_bias"),
+                          cached.get("gates"))
         source = self._new_source(encoder_out, incremental=True)
-        cache: Dict[str, Optional[Tensor]] = {"keys": source.keys, "values": source.values,
-                                               "mask_bias": source.mask_bias}
+        cache: Dict[str, Optional[Tensor]] = {"values": source.values}
+        if source.keys is not None:
+            cache["keys"] = source.keys
+        if source.mask_bias is not None:
+            cache["mask_bias"] = source.mask_bias
+        if source.gates is not None:
+            cache["gates"] = source.gates
         self.set_incremental_state(incremental_state, "source", cache)
         return source
 
@@ -339,6 +334,8 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         if state.feed is not None:
             cache["feed"] = state.feed
         self.set_incremental_state(incremental_state, "state", cache)
+
+    # ------------------------------------------------------------------ the step loop
 
     def _step_weights(self, steps: int, source: Source) -> Tuple[StepWeights, Source]:
         """Arrange the step's weights for ``steps`` steps (fusing costs a weight copy: worth it for many steps,
@@ -368,7 +365,7 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             values, values_tape = deferred.share(values)
         weights = StepWeights(hidden_weight, hidden_bias, weights.fused_query, feed_weight, feed_tape, hidden_tape,
                               values_tape)
-        return weights, Source(source.keys, values, source.mask_bias)
+        return weights, Source(values, source.keys, source.mask_bias, source.gates)
 
     def _run(self, emb: Tensor, state: State, source: Source) -> Run:
         """The recurrence over the T positions of ``emb`` (B x T x E, the embedded input tokens), every step fed
@@ -381,6 +378,36 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
             steps.append(self._step(gates, weights, state, source))
             state = steps[-1].state
         return collect(steps, emb)
+
+    def _run_scheduled(self, emb: Tensor, state: State, source: Source) -> Tuple[Run, Tensor, Tensor]:
+        """``--teacher-forcing-ratio < 1`` in training: at each step after the first, feed the reference token
+        (``emb``, B x T x E) with that probability and otherwise the model's own greedy prediction (one coin per
+        step for the whole batch, from torch's seeded generator, as in the reference notebook). Each step's input
+        is chosen after the step before, so the output layer runs inside the loop. Returns the run, the output
+        layer's input features (B x T x F) and the logits (B x T x V) computed from those very features."""
+        given = emb.unbind(1)  # not emb[:, t]: see _run
+        use_reference = torch.rand(len(given)) < self.teacher_forcing_ratio
+        weights, source = self._step_weights(len(given), source)
+        step_emb = given[0]
+        steps: List[Step] = []
+        inputs: List[Tensor] = []
+        features: List[Tensor] = []
+        logits: List[Tensor] = []
+        for t in range(len(given)):
+            inputs.append(step_emb)
+            step = self._step(self.layers[0].embedding_gates(step_emb), weights, state, source)
+            state = step.state
+            steps.append(step)
+            context = None if step.context is None else step.context.unsqueeze(1)
+            features.append(self._features(step.output.unsqueeze(1), context, step_emb.unsqueeze(1)).squeeze(1))
+            logits.append(self.output_layer(features[-1]))
+            if t + 1 < len(given):
+                if use_reference[t + 1]:
+                    step_emb = given[t + 1]
+                else:
+                    step_emb = self._embed(logits[-1].argmax(dim=-1).unsqueeze(1)).squeeze(1)
+        run = collect(steps, torch.stack(inputs, dim=1))
+        return run, torch.stack(features, dim=1), torch.stack(logits, dim=1)
 
     def _hidden_gates(self, state: State, weights: StepWeights) -> Tensor:
         """``U s_{t-1} + b_h`` of the first layer (B x 3H; with the fused query B x (3H + A))."""
@@ -399,64 +426,92 @@ class AttentionGRUDecoder(FairseqIncrementalDecoder):
         emb = drop_words(self.embed_tokens(tokens), self.word_dropout, self.training)
         return self.dropout_module(emb)
 
+    def _annotations(self, encoder_out: EncoderOut, incremental: bool) -> Tuple[Tensor, Tensor]:
+        """The annotations (B x S x C, contiguous) and the padding mask (B x S) for an attention family. In
+        incremental decoding beam search's copies of a sentence (consecutive rows) share one row, so that the
+        source side is neither computed nor reordered per hypothesis."""
+        annotations = encoder_out["encoder_out"][0].transpose(0, 1)
+        padding_mask = encoder_out["encoder_padding_mask"][0]
+        copies = row_copies(encoder_out)
+        if incremental and copies > 1:  # B*beam x S x C -> B x S x C
+            annotations, padding_mask = annotations[::copies], padding_mask[::copies]
+        return annotations.contiguous(), padding_mask
 
-class AdditiveGRUDecoder(AttentionGRUDecoder):
+
+class AdditiveGRUDecoder(GRUDecoder):
     """Bahdanau et al. (2015): additive attention with the previous state, the context fed to the GRU and to the
     output layer."""
 
     attention_types = ("additive",)
 
-    def _build_attention(self, attention_dim: int) -> nn.Module:
-        return AdditiveAttention(self.hidden_size, self.encoder_output_dim, attention_dim or self.hidden_size)
+    def __init__(self, dictionary, embed_dim: int, hidden_size: int, num_layers: int, encoder_output_dim: int,
+                 attention_type: str = "additive", attention_dim: int = 0, **options) -> None:
+        super().__init__(
+            dictionary, embed_dim, hidden_size, num_layers, encoder_output_dim, attention_type,
+            build_attention=lambda: AdditiveAttention(hidden_size, encoder_output_dim, attention_dim or hidden_size),
+            feed_dim=encoder_output_dim,  # c_i
+            features_dim=hidden_size + encoder_output_dim + embed_dim,  # [s_i; c_i; E y_{i-1}]
+            **options,
+        )
 
-    def _feed_dim(self) -> int:
-        return self.encoder_output_dim  # c_i
-
-    def _values(self, annotations: Tensor) -> Tensor:
-        """``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context part of the first GRU layer's input
-        weights: since ``W_c c_i = sum_j alpha_ij W_c h_j``, one weighted sum per step then gives both the context
-        ``c_i`` and its contribution to the GRU's input gates, instead of a C x 3H matrix multiply per step."""
-        return torch.cat([annotations, F.linear(annotations, self.layers[0].feed_weight)], dim=2)
+    def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
+        """keys ``U_a h_j`` (B x S x A); values ``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context
+        part of the first GRU layer's input weights: since ``W_c c_i = sum_j alpha_ij W_c h_j``, one weighted sum
+        per step then gives both the context ``c_i`` and its contribution to the GRU's input gates, instead of a
+        C x 3H matrix multiply per step."""
+        annotations, padding_mask = self._annotations(encoder_out, incremental)
+        keys = self.attention.precompute(annotations)
+        values = torch.cat([annotations, self.layers[0].feed_gates(annotations)], dim=2)
+        keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
+        return Source(values, keys, padding_bias(padding_mask, values.dtype))
 
     def _weights(self, steps: int) -> StepWeights:
         first = self.layers[0]
         if self.num_layers > 1 or steps == 1:  # the query reads the top layer / a single step: not worth a copy
             return StepWeights(first.weight_hh, first.bias_hh, fused_query=False)
-        query_weight = self.attention.query_proj.weight  # W_a, A x H
+        query_weight = self.attention.query_weight()  # W_a, A x H
         return StepWeights(torch.cat([first.weight_hh, query_weight], dim=0),
                            torch.cat([first.bias_hh, first.bias_hh.new_zeros(query_weight.size(0))]),
                            fused_query=True)
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
+        keys, mask_bias = source.keys, source.mask_bias
+        assert keys is not None and mask_bias is not None
         hidden_gates = self._hidden_gates(state, weights)
         # c_i from s_{i-1} (eqs. 5-7); the values are [h_j; W_c h_j], so the weighted sum is [c_i; W_c c_i]
         if weights.fused_query:  # W_a s_{i-1} came with U s_{i-1}
-            hidden_gates, query = hidden_gates.split([3 * self.hidden_size, self.attention.attention_dim], dim=1)
-            extended, attn = self.attention.attend(query, source.keys, source.values, source.mask_bias,
-                                                   weights.values_tape)
+            hidden_gates, query = hidden_gates.split([3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size],
+                                                     dim=1)
+            extended, attn = self.attention.attend(query, keys, source.values, mask_bias, weights.values_tape)
         else:
-            extended, attn = self.attention(state.hidden[-1], source.keys, source.values, source.mask_bias,
-                                            weights.values_tape)
+            extended, attn = self.attention(state.hidden[-1], keys, source.values, mask_bias, weights.values_tape)
         context, context_gates = extended.split([self.encoder_output_dim, 3 * self.hidden_size], dim=1)
         hidden = self._update(emb_gates + context_gates, hidden_gates, state)  # s_i = GRU([E y_{i-1}; c_i], s_{i-1})
         return Step(State(hidden, None), output=hidden[-1], context=context, attn=attn)
 
 
-
-class LuongGRUDecoder(AttentionGRUDecoder):
+class LuongGRUDecoder(GRUDecoder):
     """Luong et al. (2015): dot or general attention with the new state, and input feeding of the attentional
     state ``~s_t``, which is also what the output layer reads."""
 
     attention_types = ("dot", "general")
 
-    def _build_attention(self, attention_dim: int) -> nn.Module:
-        return LuongAttention(self.hidden_size, self.encoder_output_dim, self.attention_type)
+    def __init__(self, dictionary, embed_dim: int, hidden_size: int, num_layers: int, encoder_output_dim: int,
+                 attention_type: str = "general", attention_dim: int = 0, **options) -> None:
+        # attention_dim (--attention-dim) sizes additive attention's MLP; dot and general scores have none
+        super().__init__(
+            dictionary, embed_dim, hidden_size, num_layers, encoder_output_dim, attention_type,
+            build_attention=lambda: LuongAttention(hidden_size, encoder_output_dim, attention_type),
+            feed_dim=hidden_size,  # ~s_{t-1}
+            features_dim=hidden_size,  # ~s_t
+            **options,
+        )
 
-    def _feed_dim(self) -> int:
-        return self.hidden_size  # ~s_{t-1}
-
-    def _features_dim(self) -> int:
-        return self.hidden_size  # ~s_t
+    def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
+        """keys ``W_a h_j`` (general) or ``h_j`` (dot), B x S x Q; values: the annotations, B x S x C."""
+        annotations, padding_mask = self._annotations(encoder_out, incremental)
+        keys, values = precision.cast(self.attention.precompute(annotations)), precision.cast(annotations)
+        return Source(values, keys, padding_bias(padding_mask, values.dtype))
 
     def _initial_feed(self, hidden: Tensor) -> Optional[Tensor]:
         return hidden.new_zeros(hidden.size(0), self.hidden_size)
@@ -467,10 +522,11 @@ class LuongGRUDecoder(AttentionGRUDecoder):
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
         feed, feed_weight = state.feed, weights.feed_weight
-        assert feed is not None and feed_weight is not None
+        keys, mask_bias = source.keys, source.mask_bias
+        assert feed is not None and feed_weight is not None and keys is not None and mask_bias is not None
         input_gates = emb_gates + deferred.linear(feed, feed_weight, None, weights.feed_tape)
         hidden = self._update(input_gates, self._hidden_gates(state, weights), state)  # s_t
-        context, attn = self.attention(hidden[-1], source.keys, source.values, source.mask_bias, weights.values_tape)
+        context, attn = self.attention(hidden[-1], keys, source.values, mask_bias, weights.values_tape)
         attentional = self.attention.attentional_state(context, hidden[-1])  # ~s_t = tanh(W_c [c_t; s_t] + b_c)
         return Step(State(hidden, attentional), output=attentional, context=None, attn=attn)
 
@@ -478,7 +534,7 @@ class LuongGRUDecoder(AttentionGRUDecoder):
         return self.dropout_module(outputs)
 
 
-class FixedContextGRUDecoder(AttentionGRUDecoder):
+class FixedContextGRUDecoder(GRUDecoder):
     """The RNN encoder-decoder of Cho et al. (2014), the paper's RNNencdec baseline, as a controlled ablation of the
     additive model: no attention; the context is the same vector at every step, ``c = [h->_Tx; h<-_1]`` (the top
     encoder layer's final states, from which the initial state is computed too), fed to the GRU with
@@ -487,57 +543,28 @@ class FixedContextGRUDecoder(AttentionGRUDecoder):
 
     attention_types = ("none",)
 
-    def _build_attention(self, attention_dim: int) -> Optional[nn.Module]:
-        return None
-
-    def _feed_dim(self) -> int:
-        return self.encoder_output_dim  # c
+    def __init__(self, dictionary, embed_dim: int, hidden_size: int, num_layers: int, encoder_output_dim: int,
+                 attention_type: str = "none", attention_dim: int = 0, **options) -> None:
+        super().__init__(
+            dictionary, embed_dim, hidden_size, num_layers, encoder_output_dim, attention_type,
+            build_attention=lambda: None,
+            feed_dim=encoder_output_dim,  # c
+            features_dim=hidden_size + encoder_output_dim + embed_dim,  # [s_i; c; E y_{i-1}]
+            **options,
+        )
 
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
-        """keys: ``W_c c`` (B x 3H), values: ``c`` (B x C). One row per hypothesis in beam search (the rows are
+        """values: ``c`` (B x C); gates: ``W_c c`` (B x 3H). One row per hypothesis in beam search (the rows are
         3H + C wide, so reordering them costs less than grouping them would)."""
         context = encoder_out["encoder_summary"][0]
-        gates = F.linear(context, self.layers[0].feed_weight)
-        padding_mask = encoder_out["encoder_padding_mask"][0]
-        return Source(precision.cast(gates), precision.cast(context), padding_bias(padding_mask, context.dtype))
+        gates = self.layers[0].feed_gates(context)
+        return Source(precision.cast(context), gates=precision.cast(gates))
 
     def _step(self, emb_gates: Tensor, weights: StepWeights, state: State, source: Source) -> Step:
-        hidden = self._update(emb_gates + source.keys, self._hidden_gates(state, weights), state)  # s_i
+        gates = source.gates
+        assert gates is not None
+        hidden = self._update(emb_gates + gates, self._hidden_gates(state, weights), state)  # s_i
         return Step(State(hidden, None), output=hidden[-1], context=source.values, attn=None)
-
-
-
-class ScheduledFeeding:
-    """``--teacher-forcing-ratio < 1`` in training: at each step after the first, feed the reference token with
-    that probability and otherwise the model's own greedy prediction (one coin per step for the whole batch, from
-    torch's seeded generator, as in the reference notebook). The output layer then runs inside the loop. One
-    object per forward call."""
-
-    def __init__(self, decoder: AttentionGRUDecoder, emb: Tensor) -> None:
-        self.decoder = decoder
-        self.given = emb.unbind(1)  # not emb[:, t]: see AttentionGRUDecoder._run
-        self.use_reference = torch.rand(emb.size(1)) < decoder.teacher_forcing_ratio
-
-    def run(self, state: State, source: Source) -> Tuple[Run, Tensor]:
-        """The recurrence, each step's input chosen after the step before; the run and its logits B x T x V."""
-        decoder = self.decoder
-        weights, source = decoder._step_weights(len(self.given), source)
-        step_emb = self.given[0]
-        steps, inputs, logits = [], [], []
-        for t in range(len(self.given)):
-            inputs.append(step_emb)
-            step = decoder._step(decoder.layers[0].embedding_gates(step_emb), weights, state, source)
-            state = step.state
-            steps.append(step)
-            context = None if step.context is None else step.context.unsqueeze(1)
-            features = decoder._features(step.output.unsqueeze(1), context, step_emb.unsqueeze(1))
-            logits.append(decoder.output_layer(features).squeeze(1))
-            if t + 1 < len(self.given):
-                if self.use_reference[t + 1]:
-                    step_emb = self.given[t + 1]
-                else:
-                    step_emb = decoder._embed(logits[-1].argmax(dim=-1).unsqueeze(1)).squeeze(1)
-        return collect(steps, torch.stack(inputs, dim=1)), torch.stack(logits, dim=1)
 
 
 def collect(steps: List[Step], inputs: Tensor) -> Run:
@@ -564,6 +591,6 @@ DECODERS = {kind: cls for cls in (AdditiveGRUDecoder, LuongGRUDecoder, FixedCont
             for kind in cls.attention_types}
 
 
-def build_decoder(attention_type: str, *args, **kwargs) -> AttentionGRUDecoder:
+def build_decoder(attention_type: str, *args, **kwargs) -> GRUDecoder:
     """The decoder for ``--attention-type attention_type``."""
     return DECODERS[attention_type](*args, attention_type=attention_type, **kwargs)

@@ -89,6 +89,10 @@ class FedGRUCell(nn.GRUCell):
         """``W_f``, the input weights of the fed part: 3H x F."""
         return self.weight_ih[:, self.embed_dim :]
 
+    def feed_gates(self, fed: Tensor) -> Tensor:
+        """``W_f f`` (no bias) for any number of positions: ... x F -> ... x 3H."""
+        return F.linear(fed, self.feed_weight)
+
     def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
         """The cell over its whole input ``[E y; f]`` (B x (E + F)), hidden: B x H -> B x H; with ``norms``
         too (``nn.GRUCell.forward`` would leave them out)."""

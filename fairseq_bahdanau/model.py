@@ -117,8 +117,14 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
         super().prepare_for_inference_(cfg)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Load parameters, first checking that they belong to this model and to these dictionaries, so that a
+        """Load parameters as fairseq's ``load_state_dict`` does (upgrade old names, once; prune for
+        ``model_cfg``), first checking that they belong to this model and to these dictionaries, so that a
         mismatch fails with a message naming the problem rather than a list of tensor shapes."""
+        from fairseq.checkpoint_utils import prune_state_dict
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+        if model_cfg is None and args is not None:
+            model_cfg = convert_namespace_to_omegaconf(args).model
         self.upgrade_state_dict(state_dict)
         own = self.state_dict()
         for side, module in (("source", self.encoder), ("target", self.decoder)):
@@ -145,4 +151,4 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
                     f"{tuple(state_dict[k].shape)} in the checkpoint and {tuple(own[k].shape)} here "
                     f"({len(mismatched)} such parameters)"
                 )
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        return nn.Module.load_state_dict(self, prune_state_dict(state_dict, model_cfg), strict)

@@ -58,9 +58,16 @@ class LoadedTranslator:
         return "".join(pieces).replace("\u2581", " ").strip()
 
     def __call__(self, lines: List[str]) -> List[str]:
-        """Translate a batch of lines (one padded batch; see ``serve`` for one line at a time)."""
-        with torch.no_grad():
-            return [self.text(pieces) for pieces in self.module([self.pieces(line) for line in lines])]
+        """Translate a batch of lines (one padded batch; see ``serve`` for one line at a time). An empty or
+        all-blank line translates to an empty string (fairseq-interactive would invent a sentence for it)."""
+        pieces = [self.pieces(line) for line in lines]
+        todo = [i for i, p in enumerate(pieces) if p]
+        out = [""] * len(lines)
+        if todo:
+            with torch.no_grad():
+                for i, hypothesis in zip(todo, self.module([pieces[i] for i in todo])):
+                    out[i] = self.text(hypothesis)
+        return out
 
 
 def load(path: str, threads: Optional[int] = None) -> Callable[[List[str]], List[str]]:

@@ -178,3 +178,12 @@ def test_share_all_embeddings_refuses_two_dictionaries_of_one_size():
     assert len(other) == len(dictionary(21))
     with pytest.raises(ValueError, match="--joined-dictionary"):
         BahdanauGRUModel.build_model(args, DummyTask(dictionary(21), other))
+
+
+def test_loading_upgrades_the_state_dict_once(monkeypatch):
+    model = build_model()
+    calls = []
+    upgrade = type(model).upgrade_state_dict
+    monkeypatch.setattr(type(model), "upgrade_state_dict", lambda self, sd: calls.append(1) or upgrade(self, sd))
+    model.load_state_dict(build_model().state_dict())
+    assert len(calls) == 1

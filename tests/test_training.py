@@ -94,3 +94,18 @@ def test_teacher_forcing_ratio_feeds_predictions():
         reference_forced, _ = model(src, lengths, prev)
     torch.testing.assert_close(free, forced, atol=1e-5, rtol=0)
     assert not torch.allclose(free, reference_forced)
+
+
+def test_scheduled_feeding_features_are_those_its_logits_were_computed_from():
+    """features_only with --teacher-forcing-ratio < 1 returns the very features (dropout mask included) that the
+    loop computed its logits from, not a recomputation with a fresh mask."""
+    model = build_model(teacher_forcing_ratio=0.5, dropout=0.3).train()
+    _, src, lengths, prev = batch(model)
+    encoder_out = model.encoder(src, lengths)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        features, _ = model.decoder(prev, encoder_out, features_only=True)
+        torch.manual_seed(3)
+        logits, _ = model.decoder(prev, encoder_out)
+    assert model.decoder.deep_output is None  # so the output layer is the projection alone, without dropout
+    torch.testing.assert_close(model.decoder.output_projection(features), logits, atol=1e-6, rtol=0)
