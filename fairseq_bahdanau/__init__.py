@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 
 
 def register() -> None:
-    """Apply the fairseq patches and register the model and its architectures (once; later calls do nothing)."""
-    from . import compat, model, architectures  # noqa: F401  (the model before its architectures)
+    """Apply the fairseq patches and register the model and its architectures (once; later calls do nothing):
+    importing ``fairseq_bahdanau.model`` does all three."""
+    from . import model  # noqa: F401
 
 
 def __getattr__(name: str):

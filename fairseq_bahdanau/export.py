@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,12 +33,20 @@ META_FILE = "translator.json"
 SPM_FILE = "sentencepiece.model"
 
 
+#: One hypothesis as ``Translator.translate`` returns it: target pieces, fairseq's score (the length-normalised
+#: log-probability), and the attention, T x (S + 1) (target pieces x source pieces and the source's end of
+#: sentence), or an empty tensor where the model has no attention (``--attention-type none``).
+Hypothesis = Tuple[List[str], float, Tensor]
+
+
 class Translator(nn.Module):
-    """A scripted generator with the dictionaries: pieces in, pieces out (the best hypothesis of each sentence).
+    """A scripted generator with the dictionaries: pieces in, pieces out.
 
     ``forward(sentences)``: a batch of sentences as lists of pieces (sentencepiece pieces, or the tokens the model
-    was trained on) -> the best translation of each, as a list of target pieces. Pieces outside the source
-    dictionary become ``<unk>``; the batch is left-padded as fairseq's translation task pads it.
+    was trained on) -> the best translation of each, as a list of target pieces, with the beam size it was
+    exported with. ``translate(sentences, beam, nbest)``: the ``nbest`` best hypotheses of each with a beam of
+    ``beam`` (see ``Hypothesis``). Pieces outside the source dictionary become ``<unk>``; the batch is
+    left-padded as fairseq's translation task pads it.
     """
 
     def __init__(self, generator: nn.Module, src_dict, tgt_dict, max_source_positions: int) -> None:
@@ -49,6 +57,7 @@ class Translator(nn.Module):
         self.pad, self.eos, self.unk = src_dict.pad(), src_dict.eos(), src_dict.unk()
         self.strip: List[int] = sorted(int(s) for s in generator.symbols_to_strip_from_output)
         self.max_source_positions = max_source_positions
+        self.default_beam: int = int(generator.beam_size)
 
     def encode(self, sentences: List[List[str]]) -> Dict[str, Tensor]:
         """The generator's ``net_input``: left-padded B x S token ids (each sentence ending in EOS), B lengths."""
@@ -64,17 +73,38 @@ class Translator(nn.Module):
         return {"src_tokens": tokens, "src_lengths": torch.tensor(lengths, dtype=torch.long)}
 
     def forward(self, sentences: List[List[str]]) -> List[List[str]]:
+        out: List[List[str]] = []
+        for hypotheses in self.translate(sentences, self.default_beam, 1):
+            out.append(hypotheses[0][0])
+        return out
+
+    @torch.jit.export
+    def translate(self, sentences: List[List[str]], beam: int, nbest: int) -> List[List[Hypothesis]]:
+        """The ``nbest`` (at most ``beam``) best hypotheses of each sentence, best first, searched with a beam of
+        ``beam`` (at most the target vocabulary size - 1)."""
         if len(sentences) == 0:
             return []
-        hypotheses = self.generator.forward({"net_input": self.encode(sentences)})
-        out: List[List[str]] = []
-        for nbest in hypotheses:
-            ids: List[int] = nbest[0]["tokens"].tolist()
-            pieces: List[str] = []
-            for i in ids:
-                if i not in self.strip:
-                    pieces.append(self.target_symbols[i])
-            out.append(pieces)
+        self.generator.beam_size = max(1, min(beam, self.generator.vocab_size - 1))
+        net_input = self.encode(sentences)
+        width = net_input["src_tokens"].size(1)
+        out: List[List[Hypothesis]] = []
+        for row, hypotheses in enumerate(self.generator.forward({"net_input": net_input})):
+            source_length = len(sentences[row]) + 1  # with the end of sentence; left-padded to width
+            found: List[Hypothesis] = []
+            for hypothesis in hypotheses[: max(1, nbest)]:
+                ids: List[int] = hypothesis["tokens"].tolist()
+                kept: List[int] = []
+                pieces: List[str] = []
+                for position, i in enumerate(ids):
+                    if i not in self.strip:
+                        kept.append(position)
+                        pieces.append(self.target_symbols[i])
+                attention = hypothesis["attention"]
+                if attention.numel() > 0:  # S x T (padded source x target positions) -> kept T x real S
+                    attention = attention[width - source_length:, :].t()
+                    attention = attention.index_select(0, torch.tensor(kept, dtype=torch.long)).float()
+                found.append((pieces, float(hypothesis["score"]), attention))
+            out.append(found)
         return out
 
 

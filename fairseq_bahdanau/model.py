@@ -7,6 +7,7 @@ import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from torch import Tensor, nn
 
+from . import compat  # noqa: F401  (fairseq's patches, e.g. checkpoints that load under torch >= 2.6)
 from .config import BahdanauGRUConfig, validate
 from .decoder import build_decoder
 from .encoder import BiGRUEncoder
@@ -152,3 +153,6 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
                     f"({len(mismatched)} such parameters)"
                 )
         return nn.Module.load_state_dict(self, prune_state_dict(state_dict, model_cfg), strict)
+
+
+from . import architectures  # noqa: E402,F401  (the named architectures, registered after their model)

@@ -11,8 +11,7 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
-import fairseq_bahdanau  # noqa: F401  (registers the model)
-from fairseq_bahdanau.model import BahdanauGRUModel
+from fairseq_bahdanau.model import BahdanauGRUModel  # (registers the model and its architectures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "fairseq_bahdanau")
