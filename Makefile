@@ -15,12 +15,12 @@ PY     := $(VENV)/bin/python
 setup: $(VENV)/.installed
 
 # torch first (whichever build pip resolves: a local file, PyPI's CUDA build, or TORCH_INDEX's), then fairseq
-# built against it (--no-build-isolation: no second torch), then this package with its test and plot extras.
+# built against it (--no-build-isolation: no second torch), then this package with its test, plot and serve extras.
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
 	$(PIP) -q numpy cython setuptools wheel
-	$(PIP) -q --no-build-isolation -e ".[test,plot]"
+	$(PIP) -q --no-build-isolation -e ".[test,plot,serve]"
 	$(PY) -c "import torch, fairseq, fairseq_bahdanau; print('set up: Python', __import__('platform').python_version(), '| torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 
@@ -28,6 +28,7 @@ demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo/run.sh
 
 test: setup
+	bash tests/install_browser.sh
 	$(PY) -m pytest -q tests
 
 # The suite on every Python 3.10-3.13 this machine has, each in its own environment (.venv-3.X), and a table.

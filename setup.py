@@ -19,7 +19,10 @@ setup(
         "sacrebleu>=2.0",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "selenium"],
         "plot": ["matplotlib"],
+        # the HTTP service (python -m fairseq_bahdanau.serve --port P): the filter needs torch and sentencepiece only
+        "serve": ["starlette>=0.37", "uvicorn>=0.29"],
     },
+    package_data={"fairseq_bahdanau": ["static/*"]},
 )

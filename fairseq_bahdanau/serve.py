@@ -1,13 +1,18 @@
 """Translate with an exported translator (``fairseq_bahdanau.export``): torch and sentencepiece, no fairseq.
 
-    python -m fairseq_bahdanau.serve translator.pt < input.de > output.en
+    python -m fairseq_bahdanau.serve translator.pt < input.de > output.en            # the line filter
+    python -m fairseq_bahdanau.serve --port 8000 attention.pt [encdec.pt ...]        # the HTTP service and page
 
-One line in, one line out, in order; the output is what ``fairseq-interactive`` prints on its ``D-`` lines for the
-same checkpoint. In Python:
+The filter: one line in, one line out, in order; the output is what ``fairseq-interactive`` prints on its ``D-``
+lines for the same checkpoint, except that an empty or all-blank line gives an empty line (fairseq-interactive
+would invent a sentence), and a line the model cannot take (longer than its source positions) gives an empty line
+and a message on stderr naming it, and the lines after it are translated (the exit status is then 1). With
+``--port``: ``fairseq_bahdanau.service`` (needs ``pip install .[serve]``). In Python:
 
     from fairseq_bahdanau.serve import load
     translate = load("translator.pt")
     translate(["Ein Mann fährt Fahrrad."])  # -> ["A man is riding a bike."]
+    translate.details(["Ein Mann fährt Fahrrad."], beam=5, nbest=3)  # -> [Translation(...)]
 
 This module imports nothing of fairseq (nor does the package or ``export`` at import), so it and the
 translator file are all a deployment needs besides torch and sentencepiece.
@@ -16,11 +21,78 @@ translator file are all a deployment needs besides torch and sentencepiece.
 import argparse
 import json
 import sys
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from .export import META_FILE, SPM_FILE
+
+#: the word-boundary mark of sentencepiece pieces
+WORD_START = "\u2581"
+#: the source's end-of-sentence token, the last column of every attention matrix
+END = "</s>"
+
+
+class Attention(NamedTuple):
+    """An attention matrix with its labels: ``weights[t][s]`` is what target item ``t`` gave source item ``s``."""
+
+    source: List[str]
+    target: List[str]
+    weights: List[List[float]]
+
+
+class Hypothesis(NamedTuple):
+    text: str
+    score: float  # fairseq's: the length-normalised log-probability
+
+
+class Translation(NamedTuple):
+    """One line's result: the best translation, the n-best list (best first), and the best hypothesis's attention
+    over words and over pieces (None without attention, or for an empty line); ``error`` instead of all that when
+    the line could not be translated."""
+
+    text: str
+    nbest: List[Hypothesis]
+    words: Optional[Attention]
+    pieces: Optional[Attention]
+    error: Optional[str] = None
+
+
+def word_spans(pieces: List[str], sentencepiece: bool) -> List[Tuple[int, int]]:
+    """[start, end) of each word in ``pieces``: a sentencepiece piece that starts with the word-boundary mark
+    begins a word (a lone mark joins the piece after it); without sentencepiece every token is a word."""
+    if not sentencepiece:
+        return [(i, i + 1) for i in range(len(pieces))]
+    spans: List[Tuple[int, int]] = []
+    for i, piece in enumerate(pieces):
+        starts = piece.startswith(WORD_START) and not (i > 0 and pieces[i - 1] == WORD_START)
+        if starts or not spans:
+            spans.append((i, i + 1))
+        else:
+            spans[-1] = (spans[-1][0], i + 1)
+    return spans
+
+
+def word_attention(pieces: Attention, sentencepiece: bool) -> Attention:
+    """Attention over words from attention over pieces: the weights a target piece gave the pieces of one source
+    word are *summed* (so each row still sums to 1), and the rows of the pieces of one target word are
+    *averaged* (so they still sum to 1). The source's end of sentence stays a column of its own."""
+    source = pieces.source[:-1]  # the last column is the end of sentence
+    source_spans = word_spans(source, sentencepiece) + [(len(source), len(source) + 1)]
+    target_spans = word_spans(pieces.target, sentencepiece)
+    matrix = torch.tensor(pieces.weights, dtype=torch.float64).view(len(pieces.target), len(pieces.source))
+    columns = torch.stack([matrix[:, a:b].sum(1) for a, b in source_spans], dim=1) if len(pieces.target) else \
+        matrix.new_zeros(0, len(source_spans))
+    rows = [columns[a:b].mean(0) for a, b in target_spans]
+
+    def joined(word: List[str]) -> str:
+        return "".join(word).replace(WORD_START, "") if sentencepiece else word[0]
+
+    return Attention(
+        source=[joined(source[a:b]) for a, b in source_spans[:-1]] + [END],
+        target=[joined(pieces.target[a:b]) for a, b in target_spans],
+        weights=[[round(float(w), 6) for w in row] for row in rows],
+    )
 
 
 class LoadedTranslator:
@@ -34,6 +106,7 @@ class LoadedTranslator:
             raise ValueError(f"{path} is not a translator written by fairseq_bahdanau.export ({error})") from None
         if not extra[META_FILE]:
             raise ValueError(f"{path} is a TorchScript file but not a translator written by fairseq_bahdanau.export")
+        self.path = path
         self.meta = json.loads(extra[META_FILE])
         self.module.eval()
         self.sp = None
@@ -43,6 +116,20 @@ class LoadedTranslator:
             self.sp = sentencepiece.SentencePieceProcessor(model_proto=extra[SPM_FILE])
         if threads:
             torch.set_num_threads(threads)
+
+    @property
+    def max_source_positions(self) -> int:
+        return int(self.module.max_source_positions)
+
+    @property
+    def default_beam(self) -> int:
+        """The beam the translator was exported with (fairseq's default 5 where it has no record)."""
+        return int(self.meta.get("generation", {}).get("beam", 5))
+
+    @property
+    def detailed(self) -> bool:
+        """Whether the file offers n-best lists, scores and attention (translators exported since they exist)."""
+        return hasattr(self.module, "translate")
 
     def pieces(self, line: str) -> List[str]:
         """fairseq-interactive's reading of a line: stripped, sentencepiece pieces (or whitespace tokens)."""
@@ -55,11 +142,19 @@ class LoadedTranslator:
         """fairseq's decoding of pieces (``SentencepieceBPE.decode``): joined, word boundaries to spaces."""
         if self.sp is None:
             return " ".join(pieces)
-        return "".join(pieces).replace("\u2581", " ").strip()
+        return "".join(pieces).replace(WORD_START, " ").strip()
+
+    def problem(self, pieces: List[str]) -> Optional[str]:
+        """Why a line of these pieces cannot be translated, or None."""
+        if len(pieces) + 1 > self.max_source_positions:
+            return (f"the line has {len(pieces)} pieces (with the end of sentence {len(pieces) + 1}), more than the "
+                    f"model's {self.max_source_positions} source positions: split it")
+        return None
 
     def __call__(self, lines: List[str]) -> List[str]:
         """Translate a batch of lines (one padded batch; see ``serve`` for one line at a time). An empty or
-        all-blank line translates to an empty string (fairseq-interactive would invent a sentence for it)."""
+        all-blank line translates to an empty string (fairseq-interactive would invent a sentence for it); a line
+        that is too long raises ``ValueError``."""
         pieces = [self.pieces(line) for line in lines]
         todo = [i for i, p in enumerate(pieces) if p]
         out = [""] * len(lines)
@@ -69,9 +164,42 @@ class LoadedTranslator:
                     out[i] = self.text(hypothesis)
         return out
 
+    def details(self, lines: List[str], beam: Optional[int] = None, nbest: int = 1) -> List[Translation]:
+        """Translate lines together, each with its n-best list (``nbest`` <= ``beam``) and attention. A line that
+        cannot be translated gets a ``Translation`` with ``error`` set, and the others are translated; an empty
+        or all-blank line gets an empty translation."""
+        if not self.detailed:
+            raise ValueError(f"{self.path} was exported before translators had n-best lists and attention: "
+                             "export it again with this version")
+        beam = self.default_beam if beam is None else beam
+        pieces = [self.pieces(line) for line in lines]
+        out: List[Translation] = [Translation("", [], None, None) for _ in lines]
+        todo: List[int] = []
+        for i, p in enumerate(pieces):
+            problem = self.problem(p) if p else None
+            if problem is not None:
+                out[i] = Translation("", [], None, None, error=problem)
+            elif p:
+                todo.append(i)
+        if todo:
+            with torch.no_grad():
+                results = self.module.translate([pieces[i] for i in todo], beam, nbest)
+            for i, hypotheses in zip(todo, results):
+                out[i] = self._translation(pieces[i], hypotheses)
+        return out
 
-def load(path: str, threads: Optional[int] = None) -> Callable[[List[str]], List[str]]:
-    """The translator in ``path``: a function from a list of lines to their translations."""
+    def _translation(self, source: List[str], hypotheses) -> Translation:
+        nbest = [Hypothesis(self.text(target), round(float(score), 6)) for target, score, _ in hypotheses]
+        target, _, matrix = hypotheses[0]
+        if matrix.numel() == 0:  # a model without attention
+            return Translation(nbest[0].text, nbest, None, None)
+        pieces = Attention(source + [END], list(target), [[round(float(w), 6) for w in row] for row in matrix.tolist()])
+        return Translation(nbest[0].text, nbest, word_attention(pieces, self.sp is not None), pieces)
+
+
+def load(path: str, threads: Optional[int] = None) -> LoadedTranslator:
+    """The translator in ``path``: call it on a list of lines for their translations (``details`` for n-best
+    lists and attention)."""
     return LoadedTranslator(path, threads)
 
 
@@ -86,22 +214,55 @@ def batches(lines: Iterable[str], size: int) -> Iterator[List[str]]:
         yield batch
 
 
+def filter_lines(translate: LoadedTranslator, lines: Iterable[str], batch_size: int) -> int:
+    """The line filter: print one line per input line, in order; returns how many lines could not be
+    translated (each named on stderr and printed as an empty line)."""
+    failed = 0
+    number = 0
+    for batch in batches(lines, batch_size):
+        too_long = [translate.problem(translate.pieces(line)) for line in batch]
+        ok = [line for line, problem in zip(batch, too_long) if problem is None]
+        done = iter(translate(ok))
+        for line, problem in zip(batch, too_long):
+            number += 1
+            if problem is None:
+                print(next(done), flush=True)
+            else:
+                failed += 1
+                print(f"serve: line {number} not translated: {problem}", file=sys.stderr, flush=True)
+                print("", flush=True)
+    return failed
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("translator", help="the file fairseq_bahdanau.export wrote")
+    parser.add_argument("translators", nargs="+", metavar="translator",
+                        help="the file(s) fairseq_bahdanau.export wrote (the filter takes one)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="lines translated together (default 1, as fairseq-interactive)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--port", type=int, help="serve HTTP on this port (the JSON API and the page) instead of "
+                                                 "filtering standard input")
+    parser.add_argument("--host", default="127.0.0.1", help="with --port: the address to listen on")
+    args, rest = parser.parse_known_args(argv)
+    if args.port is not None:
+        from . import service
+
+        service.main([*args.translators, "--port", str(args.port), "--host", args.host,
+                      *(["--threads", str(args.threads)] if args.threads else []), *rest])
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if len(args.translators) != 1:
+        parser.error("the line filter takes one translator (several: --port)")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     try:
-        translate = load(args.translator, args.threads)
+        translate = load(args.translators[0], args.threads)
     except (OSError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
-    for batch in batches(sys.stdin, args.batch_size):
-        for line in translate(batch):
-            print(line, flush=True)
+    if filter_lines(translate, sys.stdin, args.batch_size):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

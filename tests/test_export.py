@@ -8,7 +8,6 @@
   the same checkpoint (and an ensemble), including an empty line and a line of unknown words.
 """
 
-import os
 import subprocess
 import sys
 
@@ -16,8 +15,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from helpers import IDS, TRAIN, USER_DIR, VARIANTS, batch, build_model, pad_batch, random_sentences, run, tool_env
-from helpers import preprocess
+from helpers import IDS, USER_DIR, VARIANTS, batch, build_model, pad_batch, random_sentences, run, tool_env
 
 
 def generate(generator, src_tokens, src_lengths):
@@ -85,31 +83,6 @@ def test_scripted_generator_of_the_trained_model_equals_eager(synthetic):
 
 
 # ------------------------------------------------------------------ the exported translator
-
-
-@pytest.fixture(scope="module")
-def pieces_model(tmp_path_factory):
-    """The synthetic corpus segmented by a small sentencepiece model, and the tiny model trained on it for a few
-    epochs: (spm model, data-bin, checkpoint directory, raw directory)."""
-    import sentencepiece
-
-    from fairseq_bahdanau.synthetic import write_corpus
-
-    root = tmp_path_factory.mktemp("pieces")
-    raw, seg = root / "raw", root / "seg"
-    write_corpus(str(raw), train=1500, valid=50, test=50, seed=5)
-    sentencepiece.SentencePieceTrainer.train(
-        input=f"{raw}/train.src,{raw}/train.tgt", model_prefix=str(root / "spm"), vocab_size=120,
-        model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2)
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(root / "spm.model"))
-    seg.mkdir()
-    for name in os.listdir(raw):
-        lines = (raw / name).read_text().splitlines()
-        (seg / name).write_text("".join(" ".join(sp.encode(line, out_type=str)) + "\n" for line in lines))
-    preprocess(seg, root / "bin")
-    run("fairseq-train", str(root / "bin"), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
-        "--max-epoch", "4", "--save-dir", str(root / "ckpt"), *TRAIN)
-    return root / "spm.model", root / "bin", root / "ckpt", raw
 
 
 def interactive_translations(data, paths: str, spm, lines):

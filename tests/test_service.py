@@ -1,0 +1,296 @@
+"""The translation service (service.py) and the translator's details (serve.py), against a real server.
+
+Each test starts ``python -m fairseq_bahdanau.serve --port P`` on 127.0.0.1 with the exported attention model and
+its fixed-context twin (the ``translators`` fixture), and talks to it over HTTP: the JSON API, word-level attention,
+every kind of bad input, concurrent clients (each answer checked against one-at-a-time translation), the queue's
+503, SIGTERM's graceful stop, and the page in a real browser (Debian's chromium, through selenium).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, List, Optional, Tuple
+
+import pytest
+
+from helpers import tool_env
+from fairseq_bahdanau.serve import Attention, load, word_attention, word_spans
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m fairseq_bahdanau.serve --port P ...`` in a subprocess, ready when ``/health`` answers."""
+
+    def __init__(self, paths, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would stop the server
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fairseq_bahdanau.serve", *map(str, paths), "--port", str(self.port), *options],
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, env=tool_env())
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server stopped: {self.output()[-3000:]}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not start within 60 s")
+
+    def get(self, path: str) -> Tuple[int, dict]:
+        with urllib.request.urlopen(self.url + path, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+
+    def post(self, body, path: str = "/translate", raw: Optional[bytes] = None,
+             timeout: float = 120) -> Tuple[int, dict, Any]:
+        data = raw if raw is not None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                return reply.status, json.loads(reply.read()), reply.headers
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), error.headers
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.output()
+
+
+@pytest.fixture(scope="module")
+def server(translators):
+    server = Server([translators.attention, translators.encdec])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sentences(translators) -> List[str]:
+    return (translators.raw / "test.src").read_text().splitlines()[:24]
+
+
+# ---------------------------------------------------------------------------------------------- words
+
+
+def test_word_spans_and_word_attention_merge_pieces():
+    pieces = ["\u2581Ein", "\u2581Mann", "\u2581fähr", "t", "\u2581", "."]
+    assert word_spans(pieces, True) == [(0, 1), (1, 2), (2, 4), (4, 6)]
+    assert word_spans(pieces, False) == [(i, i + 1) for i in range(6)]
+    target = ["\u2581A", "\u2581man", "\u2581ride", "s"]
+    weights = [[0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
+               [0.1, 0.6, 0.1, 0.1, 0.0, 0.0, 0.1],
+               [0.0, 0.0, 0.4, 0.4, 0.0, 0.0, 0.2],
+               [0.0, 0.0, 0.2, 0.6, 0.0, 0.0, 0.2]]
+    words = word_attention(Attention(pieces + ["</s>"], target, weights), True)
+    assert words.source == ["Ein", "Mann", "fährt", ".", "</s>"] and words.target == ["A", "man", "rides"]
+    # summed over a source word's pieces, averaged over a target word's pieces
+    assert words.weights[2] == pytest.approx([0.0, 0.0, (0.8 + 0.8) / 2, 0.0, 0.2])
+    assert words.weights[0] == pytest.approx([0.5, 0.1, 0.2, 0.15, 0.05])
+    assert all(sum(row) == pytest.approx(1.0) for row in words.weights)
+
+
+def test_details_give_nbest_scores_and_attention_of_the_best(translators, sentences):
+    translator = load(str(translators.attention))
+    plain = translator(sentences[:4])
+    details = translator.details(sentences[:4] + ["", "   "], beam=5, nbest=3)
+    assert [d.text for d in details[:4]] == plain  # the best hypothesis is the filter's translation
+    for line, d in zip(sentences, details[:4]):
+        assert len(d.nbest) == 3 and d.nbest[0].text == d.text
+        assert [h.score for h in d.nbest] == sorted((h.score for h in d.nbest), reverse=True)
+        assert d.pieces.source[:-1] == translator.pieces(line) and d.pieces.source[-1] == "</s>"
+        assert len(d.pieces.weights) == len(d.pieces.target) and len(d.words.weights) == len(d.words.target)
+        assert " ".join(d.words.target) == d.text
+        assert all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in d.words.weights)
+    assert [(d.text, d.nbest, d.words) for d in details[4:]] == [("", [], None)] * 2  # nothing invented
+    encdec = load(str(translators.encdec)).details(sentences[:2], beam=2, nbest=2)
+    assert all(d.words is None and d.pieces is None and len(d.nbest) == 2 for d in encdec)
+
+
+def test_the_filter_keeps_going_past_a_line_that_is_too_long(translators, sentences):
+    lines = [sentences[0], "w " * 1100, "", sentences[1]]
+    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.serve", str(translators.attention)],
+                          input="".join(line + "\n" for line in lines), capture_output=True, text=True,
+                          env=tool_env())
+    translator = load(str(translators.attention))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [translator([sentences[0]])[0], "", "", translator([sentences[1]])[0]]
+    assert "line 2 not translated" in proc.stderr and "1024 source positions" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the API
+
+
+def test_api_translates_with_nbest_and_word_attention(server, translators, sentences):
+    status, models = server.get("/models")
+    assert status == 200 and [m["name"] for m in models["models"]] == ["attention", "encdec"]
+    assert [m["attention"] for m in models["models"]] == [True, False]
+    status, reply, _ = server.post({"text": sentences[:3] + [""], "beam": 4, "nbest": 2})
+    assert status == 200 and reply["model"] == "attention" and (reply["beam"], reply["nbest"]) == (4, 2)
+    expected = load(str(translators.attention)).details(sentences[:3], beam=4, nbest=2)
+    for result, want in zip(reply["results"], expected):
+        assert result["translation"] == want.text
+        assert [h["text"] for h in result["nbest"]] == [h.text for h in want.nbest]
+        assert result["attention"]["target"] == want.words.target
+        assert len(result["attention"]["weights"][0]) == len(result["attention"]["source"])
+        assert result["pieces"]["source"] == want.pieces.source
+    assert reply["results"][3] == {"translation": "", "nbest": [], "attention": None, "pieces": None}
+    status, reply, _ = server.post({"text": sentences[:1], "model": "encdec"})
+    assert status == 200 and reply["results"][0]["attention"] is None and reply["results"][0]["translation"]
+
+
+def test_a_line_that_is_too_long_gets_its_own_error_and_the_others_are_translated(server, sentences):
+    status, reply, _ = server.post({"text": [sentences[0], "w " * 1100, sentences[1]]})
+    assert status == 200
+    first, bad, last = reply["results"]
+    assert "1024 source positions" in bad["error"] and first["translation"] and last["translation"]
+
+
+@pytest.mark.parametrize("raw, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"text": ["\xff\xfe"]}', 400, "not UTF-8"),
+    (json.dumps({"text": ["a"] * 65}).encode(), 413, "at most 64"),
+    (json.dumps({"text": "x" * (2 << 20)}).encode(), 413, "bytes"),
+    (json.dumps({"text": ["a"], "model": "nope"}).encode(), 404, "unknown model 'nope'"),
+    (json.dumps({"text": ["a"], "beam": 0}).encode(), 422, '"beam"'),
+    (json.dumps({"text": ["a"], "beam": 17}).encode(), 422, '"beam"'),
+    (json.dumps({"text": ["a"], "beam": 2, "nbest": 3}).encode(), 422, '"nbest"'),
+    (json.dumps({"text": [1, 2]}).encode(), 422, "list of strings"),
+    (json.dumps([1]).encode(), 422, "JSON object"),
+], ids=["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object"])
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, sentences, raw, status, message):
+    got, reply, _ = server.post(None, raw=raw)
+    assert got == status and message in reply["error"]
+    assert server.post({"text": sentences[:1]})[0] == 200
+
+
+def test_concurrent_clients_each_get_exactly_their_own_answers(server, translators, sentences):
+    """16 clients for a bounded time, each sending 1 to 3 lines at a time (its own mix), on 127.0.0.1: every
+    answer equals one-at-a-time translation of exactly its request's lines, in order; none lost or mixed."""
+    expected = dict(zip(sentences, load(str(translators.attention))(sentences)))
+    answered, wrong, errors = [], [], []
+    deadline = time.time() + 8
+
+    def client(seed: int) -> None:
+        k = seed
+        while time.time() < deadline:
+            lines = [sentences[(k + j * 7) % len(sentences)] for j in range(1 + k % 3)]
+            k += 5
+            status, reply, _ = server.post({"text": lines})
+            if status != 200:
+                errors.append((status, reply))
+                continue
+            got = [r["translation"] for r in reply["results"]]
+            (answered if got == [expected[line] for line in lines] else wrong).append(lines)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(client, range(16)))
+    assert not errors and not wrong
+    assert len(answered) >= 32  # every client was answered, several times
+
+
+def test_a_full_queue_answers_503_with_retry_after(translators, sentences):
+    server = Server([translators.attention], "--max-queue", "1", "--max-batch-lines", "8")
+    try:
+        body = {"text": sentences[:24] + sentences[:24] + sentences[:16], "beam": 16, "nbest": 1}
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: server.post(body), range(8)))
+        busy = [r for r in replies if r[0] == 503]
+        assert busy and all(r[2].get("Retry-After") == "1" and "busy" in r[1]["error"] for r in busy)
+        assert all(r[0] in (200, 503) for r in replies)
+        assert server.post({"text": sentences[:1]})[0] == 200  # and it serves on
+    finally:
+        server.stop()
+
+
+def test_sigterm_finishes_requests_in_flight_and_stops(translators, sentences):
+    server = Server([translators.attention])
+    reply: List = []
+    worker = threading.Thread(target=lambda: reply.append(
+        server.post({"text": sentences[:24] * 2 + sentences[:16], "beam": 16})))
+    worker.start()
+    time.sleep(0.5)  # the request is in
+    server.process.send_signal(signal.SIGTERM)
+    worker.join(timeout=120)
+    assert reply and reply[0][0] == 200 and len(reply[0][1]["results"]) == 64
+    # uvicorn re-raises the signal once it has shut down gracefully, so the exit status is SIGTERM's
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    with pytest.raises(OSError):
+        server.get("/health")  # no longer listening
+    log = server.stop()
+    assert "Waiting for application shutdown" in log and "Application shutdown complete" in log
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and os.environ.get("REQUIRE_BROWSER") != "1",
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them as "
+                           "root: tests/install_browser.sh); REQUIRE_BROWSER=1 makes this a failure")
+def test_the_page_in_a_real_browser(server, sentences, tmp_path):
+    """Chromium loads the page, a sentence is typed and translated: the attention model's panel shows its
+    translation and a heatmap with one row per target word and one column per source word (and </s>), the
+    fixed-context model's panel says it has no attention; a screenshot is written."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,900", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input.model")) == 2)
+        box = driver.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys(sentences[2])
+        driver.find_element(By.ID, "translate").click()
+        wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".panel[data-model=encdec]")))
+        _, reply, _ = server.post({"text": [sentences[2]], "beam": 5, "nbest": 3})
+        words = reply["results"][0]["attention"]
+        panel = driver.find_element(By.CSS_SELECTOR, ".panel[data-model=attention]")
+        assert panel.find_element(By.CSS_SELECTOR, ".translation").text == reply["results"][0]["translation"]
+        rows = panel.find_elements(By.CSS_SELECTOR, "table.heatmap tbody tr")
+        assert len(rows) == len(words["target"])
+        assert all(len(row.find_elements(By.CSS_SELECTOR, "td.cell")) == len(words["source"]) for row in rows)
+        assert len(panel.find_elements(By.CSS_SELECTOR, "ol.nbest li")) == 3
+        other = driver.find_element(By.CSS_SELECTOR, ".panel[data-model=encdec]")
+        assert other.find_elements(By.CSS_SELECTOR, ".no-attention") and not other.find_elements(By.TAG_NAME, "table")
+        assert driver.save_screenshot(str(tmp_path / "page.png"))
+        print("screenshot:", tmp_path / "page.png")
+    finally:
+        driver.quit()
