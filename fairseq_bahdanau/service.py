@@ -13,7 +13,8 @@ Endpoints (JSON in and out; every error is a JSON object ``{"error": MESSAGE}`` 
     piece weights summed over a source word's pieces and averaged over a target word's pieces (rows sum to 1;
     the last column is the source's end of sentence). Models without attention (``--attention-type none``)
     answer ``"attention": null`` and say so in ``GET /models``. An empty or blank line translates to ``""``.
-``GET /models``  the loaded translators, with their options. ``GET /health``  ``{"status": "ok"}``.
+``GET /models``  the loaded translators, with their options. ``GET /health``  ``{"status": "ok", ...}`` with the
+    requests waiting and the batches and lines translated so far.
 ``GET /``  the page.
 
 Bad input: invalid JSON or text that is not UTF-8 (400), a body over ``--max-body-bytes`` or more lines than
@@ -77,7 +78,8 @@ class Batcher:
         self.queue: "asyncio.Queue[Job]" = asyncio.Queue(maxsize=limits.max_queue)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="translate")
         self.task: Optional["asyncio.Task[None]"] = None
-        self.batches = 0  # batches translated so far (for tests and logs)
+        self.batches = 0  # batches translated so far (GET /health)
+        self.lines = 0  # lines translated so far
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._work())
@@ -122,6 +124,7 @@ class Batcher:
                         job.future.set_exception(error)
                 continue
             self.batches += 1
+            self.lines += len(lines)
             start = 0
             for job in batch:
                 if not job.future.done():  # the client may have gone
@@ -263,7 +266,9 @@ def build_app(translators: Dict[str, LoadedTranslator], limits: Optional[Limits]
                              "limits": limits.__dict__})
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "models": list(translators)})
+        batcher = state["batcher"]
+        return JSONResponse({"status": "ok", "models": list(translators), "waiting": batcher.queue.qsize(),
+                             "batches": batcher.batches, "lines": batcher.lines})
 
     async def page(request: Request) -> FileResponse:
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html; charset=utf-8")

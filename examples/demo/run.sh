@@ -3,7 +3,8 @@
 # 49 words. The same tiny model is trained with attention (bahdanau_gru_tiny) and without it
 # (--attention-type none: a fixed context vector, the paper's RNNencdec baseline), about a minute each on
 # 2 CPU cores. Then: sacreBLEU, BLEU by source length for both (the paper's Figure 2, as a table and a PNG),
-# and a few translations with their alignments. Needs only the package's environment (`make demo` sets it up).
+# a few translations with their alignments, and both models exported as translators for the page
+# (`serve --port`). Needs only the package's environment (`make demo` sets it up).
 # Work files go to $DEMO_DIR (default runs/demo).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -53,3 +54,11 @@ python -m fairseq_bahdanau.length_analysis --source "$DIR/raw/test.src" --refere
 
 echo "== 8. a few translations with their alignments (source word -> target word)"
 python "$HERE/show_alignments.py" "$DIR/generate.attention.out" 3
+
+echo "== 9. both models exported as translators (torch + sentencepiece, no fairseq) -> $DIR/attention.pt, $DIR/encdec.pt"
+for name in attention encdec; do
+  python -m fairseq_bahdanau.export --path "$DIR/checkpoints/$name/checkpoint_best.pt" --data "$DIR/bin" \
+    --source-lang src --target-lang tgt --output "$DIR/$name.pt" > "$DIR/export.$name.log" 2>&1
+done
+echo "  the page, side by side:  python -m fairseq_bahdanau.serve --port 8000 $DIR/attention.pt $DIR/encdec.pt"
+echo "                           then open http://127.0.0.1:8000/ and paste a line of $DIR/raw/test.src"

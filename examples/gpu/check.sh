@@ -32,22 +32,7 @@ if ! "$PYTHON" -c "import fairseq, pytest" 2>/dev/null; then
     "$WHEELHOUSE: run 'make wheelhouse PY_VERSION=$PYV' on a machine with a package registry and bring the folder" \
     "(or set WHEELHOUSE)" >&2; exit 1; }
   SITE="$OUT/site"
-  # the wheels whose distributions this Python lacks (this checkout is used for fairseq_bahdanau itself)
-  mapfile -t MISSING < <("$PYTHON" - "$WHEELHOUSE" <<'PY'
-import importlib.metadata as md, os, re, sys
-for wheel in sorted(os.listdir(sys.argv[1])):
-    name = wheel.split("-")[0]
-    if not wheel.endswith(".whl") or name == "fairseq_bahdanau":
-        continue
-    try:
-        md.version(name)
-    except md.PackageNotFoundError:
-        print(os.path.join(sys.argv[1], wheel))
-PY
-)
-  echo "gpu-check: installing ${#MISSING[@]} wheels from $WHEELHOUSE into $SITE (no index)"
-  rm -rf "$SITE"
-  "$PYTHON" -m pip install -q --disable-pip-version-check --no-index --no-deps --target "$SITE" "${MISSING[@]}"
+  bash "$ROOT/examples/gpu/install_wheelhouse.sh" "$PYTHON" "$WHEELHOUSE" "$SITE"
   export PYTHONPATH="$ROOT:$SITE${PYTHONPATH#$ROOT}" PATH="$SITE/bin:$PATH"
 fi
 "$PYTHON" -c "import fairseq, torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, fairseq {fairseq.__version__},', torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))" \
