@@ -27,11 +27,12 @@ graceful shutdown) before the process exits.
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .serve import LoadedTranslator, Translation, load
 
@@ -70,12 +71,14 @@ class Job:
 
 class Batcher:
     """Translates the lines of requests that arrive together in one batch per (model, beam, nbest), in one
-    worker thread (the translators are not shared between threads), from a bounded queue."""
+    worker thread (the translators are not shared between threads). At most ``max_queue`` requests wait; a
+    request whose key differs from the batch being formed keeps its place for a later batch."""
 
     def __init__(self, translators: Dict[str, LoadedTranslator], limits: Limits) -> None:
         self.translators = translators
         self.limits = limits
-        self.queue: "asyncio.Queue[Job]" = asyncio.Queue(maxsize=limits.max_queue)
+        self.waiting: Deque[Job] = collections.deque()
+        self.arrived = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="translate")
         self.task: Optional["asyncio.Task[None]"] = None
         self.batches = 0  # batches translated so far (GET /health)
@@ -95,29 +98,38 @@ class Batcher:
 
     def submit(self, key: Tuple[str, int, int], lines: List[str]) -> "asyncio.Future[List[Translation]]":
         """Queue a request's lines; raises ``asyncio.QueueFull`` when ``max_queue`` requests already wait."""
+        if len(self.waiting) >= self.limits.max_queue:
+            raise asyncio.QueueFull
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Job(key, lines, future))
+        self.waiting.append(Job(key, lines, future))
+        self.arrived.set()
         return future
+
+    def _next_batch(self) -> List[Job]:
+        """The oldest waiting request, and the later ones with its key that fit beside it (taken out of the
+        queue); the others keep their places."""
+        first = self.waiting.popleft()
+        batch, size = [first], len(first.lines)
+        for job in list(self.waiting):
+            if size >= self.limits.max_batch_lines:
+                break
+            if job.key == first.key and size + len(job.lines) <= self.limits.max_batch_lines:
+                self.waiting.remove(job)
+                batch.append(job)
+                size += len(job.lines)
+        return batch
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        held: List[Job] = []  # jobs taken from the queue for a later batch (another key)
         while True:
-            first = held.pop(0) if held else await self.queue.get()
-            batch, size = [first], len(first.lines)
-            while size < self.limits.max_batch_lines:  # what else has arrived: same key joins, others wait
-                try:
-                    job = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if job.key == first.key and size + len(job.lines) <= self.limits.max_batch_lines:
-                    batch.append(job)
-                    size += len(job.lines)
-                else:
-                    held.append(job)
+            if not self.waiting:
+                self.arrived.clear()
+                await self.arrived.wait()
+                continue
+            batch = self._next_batch()
             lines = [line for job in batch for line in job.lines]
             try:
-                results = await loop.run_in_executor(self.executor, self._translate, first.key, lines)
+                results = await loop.run_in_executor(self.executor, self._translate, batch[0].key, lines)
             except Exception as error:  # noqa: BLE001 (reported to each waiting request)
                 for job in batch:
                     if not job.future.done():
@@ -267,7 +279,7 @@ def build_app(translators: Dict[str, LoadedTranslator], limits: Optional[Limits]
 
     async def health(request: Request) -> JSONResponse:
         batcher = state["batcher"]
-        return JSONResponse({"status": "ok", "models": list(translators), "waiting": batcher.queue.qsize(),
+        return JSONResponse({"status": "ok", "models": list(translators), "waiting": len(batcher.waiting),
                              "batches": batcher.batches, "lines": batcher.lines})
 
     async def page(request: Request) -> FileResponse:

@@ -142,6 +142,41 @@ def test_the_filter_keeps_going_past_a_line_that_is_too_long(translators, senten
     assert "line 2 not translated" in proc.stderr and "1024 source positions" in proc.stderr
 
 
+def test_batcher_joins_requests_of_one_key_keeps_the_others_in_order_and_bounds_the_queue():
+    """The worker blocked on a first request: at most max_queue requests wait (one more: QueueFull); then the
+    oldest waiting request goes first, with the later ones of its key that fit beside it."""
+    import asyncio
+
+    from fairseq_bahdanau.serve import Translation
+    from fairseq_bahdanau.service import Batcher, Limits
+
+    release, calls = threading.Event(), []
+
+    class Fake:
+        def details(self, lines, beam, nbest):
+            release.wait(10)
+            calls.append((beam, list(lines)))
+            return [Translation(line.upper(), [], None, None) for line in lines]
+
+    async def scenario():
+        batcher = Batcher({"m": Fake()}, Limits(max_queue=3, max_batch_lines=4))
+        batcher.start()
+        first = batcher.submit(("m", 1, 1), ["a"])
+        await asyncio.sleep(0.05)  # the worker has taken it and waits in Fake.details
+        waiting = [batcher.submit(("m", 2, 1), ["b"]), batcher.submit(("m", 1, 1), ["c", "d"]),
+                   batcher.submit(("m", 1, 1), ["e"])]
+        with pytest.raises(asyncio.QueueFull):
+            batcher.submit(("m", 1, 1), ["f"])
+        release.set()
+        results = [await future for future in [first, *waiting]]
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert calls == [(1, ["a"]), (2, ["b"]), (1, ["c", "d", "e"])]
+    assert [[t.text for t in r] for r in results] == [["A"], ["B"], ["C", "D"], ["E"]]
+
+
 # ---------------------------------------------------------------------------------------------- the API
 
 
