@@ -84,6 +84,13 @@ def test_train_sh_refuses_save_dir_and_unknown_configurations(work):
     assert not (work / "checkpoints").exists()  # nothing made for a run that did not start
 
 
+def test_train_sh_transformer_is_fairseqs_own_in_float32(work):
+    proc = script(work, "train.sh", "transformer", FAST_BF16="True")
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("fairseq-train"))
+    assert "--arch transformer --share-all-embeddings" in command and "--stop-time-hours 1.45" in command
+    assert "--autocast-bf16" not in command and "precision: float32" in proc.stdout
+
+
 def test_train_sh_without_data_says_run_prepare_first(tmp_path):
     proc = script(tmp_path, "train.sh", "best")
     assert proc.returncode == 1 and "run prepare.sh first" in proc.stderr

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Step 3 of the Multi30k recipe: translate test2016 (or valid) with beam search, detokenize, score with sacreBLEU.
 #
-#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [test|valid]
+#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid]
 #
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
-#      average, default 5 for best, best-e512, best-sr and encdec, 0 for the others: then checkpoint_best.pt is used),
+#      average, default 5 for best, best-e512, best-sr, encdec and transformer, 0 for the others: then
+#      checkpoint_best.pt is used),
 #      ENSEMBLE (more runs of the same configuration, their directory names separated by spaces: their checkpoints,
 #      chosen or averaged as RUN_NAME's, are ensembled with it, and the outputs go to
 #      $WORK/checkpoints/RUN_NAME+OTHER+...; e.g. `ENSEMBLE=best-s2 evaluate.sh best` after
@@ -14,12 +15,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [test|valid]}"
+CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid]}"
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
 read -r -a RUNS <<< "${RUN_NAME:-$CONFIG} ${ENSEMBLE:-}"
-case "$CONFIG" in best|best-e512|best-sr|encdec) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
+case "$CONFIG" in best|best-e512|best-sr|encdec|transformer) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
 case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;;
   *) echo "error: unknown split $SPLIT (test or valid)" >&2; exit 1 ;;
 esac

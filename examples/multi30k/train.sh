@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 2 of the Multi30k recipe: train one configuration on $WORK/data-bin (made by prepare.sh).
 #
-#   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [fairseq-train options]
+#   bash examples/multi30k/train.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [options]
 #
 # Options after the configuration's name are passed to fairseq-train after the configuration's own, so an
 # option that takes a value overrides the configuration's (e.g. `RUN_NAME=best-d4 train.sh best --dropout 0.4`);
@@ -22,6 +22,10 @@
 #           paper's RNNencdec baseline), the same recipe and budget, for the comparison by sentence length.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
+# transformer: fairseq's own transformer sized for 29k sentences (issue 28; not yet screened): 4+4 layers, 256
+#           dims, FFN 512, 4 heads, dropout 0.3, shared embeddings, Adam (0.9, 0.98) 5e-4 with inverse-sqrt
+#           warm-up over 1000 updates, label smoothing 0.1, 4096 tokens per batch, the same time budget as best,
+#           float32 (--autocast-bf16 is this package's model only).
 # Precision: best, best-sr, best-decay and encdec train under bfloat16 autocast (--autocast-bf16, about twice the
 #      updates per minute with the same validation loss per update) where bfloat16 matrix products are measured
 #      faster than float32 (AVX512-BF16 or AMX; not AVX-512 alone, where oneDNN emulates them), in float32 elsewhere; PRECISION=fp32 or bf16 chooses (default auto). The first line of
@@ -32,7 +36,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm [fairseq-train options]}"
+CONFIG="${1:?usage: train.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [fairseq-train options]}"
 shift  # what is left in "$@" goes to fairseq-train after the configuration's options
 for option in "$@"; do
   case "$option" in --save-dir|--save-dir=*)
@@ -81,7 +85,16 @@ case "$CONFIG" in
           --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 256 --dropout 0.3
           --optimizer adam --lr 1e-3 --clip-norm 1.0 --batch-size 128 --max-epoch 12 --stop-time-hours "$HOURS"
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
-  *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay, encdec or lstm)" >&2; exit 1 ;;
+  transformer)
+    ARGS=(--arch transformer --share-all-embeddings --encoder-layers 4 --decoder-layers 4
+          --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
+          --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.3 --attention-dropout 0.1
+          --activation-dropout 0.1 --weight-decay 0.0001 --optimizer adam --adam-betas "(0.9, 0.98)" --lr 5e-4
+          --lr-scheduler inverse_sqrt --warmup-updates 1000 --criterion label_smoothed_cross_entropy
+          --label-smoothing 0.1 --max-tokens 4096 --max-epoch 100 --stop-time-hours "$HOURS"
+          --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
+  *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay, encdec, lstm or" \
+          "transformer)" >&2; exit 1 ;;
 esac
 fast_bfloat16() {  # True or False: whether bfloat16 matrix products are measured faster than float32 here
   python -c "from fairseq_bahdanau.precision import fast_bfloat16_cpu; print(fast_bfloat16_cpu())" 2>/dev/null \
