@@ -126,7 +126,8 @@ def projection_input_dim(attention_type: str, hidden_size: int, context_dim: int
     """Size of what the decoder's vocabulary projection reads: the deep output layer's ``--decoder-out-embed-dim``
     where there is one; otherwise the output layer's input itself, Luong's ``~s_t`` (the decoder hidden size) or
     ``[s_i; c_i; E y_{i-1}]`` (additive attention and the fixed context). Tying the projection to an embedding
-    needs this to equal the embedding's size. The decoder sizes its layers with this too."""
+    needs this to equal the embedding's size; the decoder families' ``features_dim`` follow the same rule (a test
+    builds the tied Luong model through both)."""
     if out_embed_dim > 0:
         return out_embed_dim
     if attention_type in ("dot", "general"):

@@ -44,7 +44,6 @@ from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
 from . import deferred, precision
-from .config import projection_input_dim
 from .attention import AdditiveAttention, LuongAttention, padding_bias
 from .dropout import Dropout, drop_words
 from .encoder import EncoderOut, block_owners, build_embedding, row_copies
@@ -182,8 +181,7 @@ class GRUDecoder(FairseqIncrementalDecoder):
             self.deep_output: Optional[nn.Linear] = nn.Linear(features_dim, width)
         else:
             self.deep_output = None
-        projection_dim = projection_input_dim(attention_type, hidden_size, encoder_output_dim, embed_dim,
-                                              out_embed_dim)
+        projection_dim = out_embed_dim if out_embed_dim > 0 else features_dim  # config.projection_input_dim's rule
         self.output_projection = nn.Linear(projection_dim, len(dictionary))
         if share_input_output_embed:
             if projection_dim != embed_dim:
@@ -437,6 +435,13 @@ class GRUDecoder(FairseqIncrementalDecoder):
             annotations, padding_mask = annotations[::copies], padding_mask[::copies]
         return annotations.contiguous(), padding_mask
 
+    def _attention_source(self, annotations: Tensor, values: Tensor, padding_mask: Tensor) -> Source:
+        """An attention family's source side: the attention's keys over the annotations, the values it sums and
+        the padding bias, cast once for autocast (not at every step)."""
+        assert self.attention is not None
+        keys, values = precision.cast(self.attention.precompute(annotations)), precision.cast(values)
+        return Source(values, keys, padding_bias(padding_mask, values.dtype))
+
 
 class AdditiveGRUDecoder(GRUDecoder):
     """Bahdanau et al. (2015): additive attention with the previous state, the context fed to the GRU and to the
@@ -460,10 +465,8 @@ class AdditiveGRUDecoder(GRUDecoder):
         per step then gives both the context ``c_i`` and its contribution to the GRU's input gates, instead of a
         C x 3H matrix multiply per step."""
         annotations, padding_mask = self._annotations(encoder_out, incremental)
-        keys = self.attention.precompute(annotations)
         values = torch.cat([annotations, self.layers[0].feed_gates(annotations)], dim=2)
-        keys, values = precision.cast(keys), precision.cast(values)  # once, not at every step (autocast)
-        return Source(values, keys, padding_bias(padding_mask, values.dtype))
+        return self._attention_source(annotations, values, padding_mask)
 
     def _weights(self, steps: int) -> StepWeights:
         first = self.layers[0]
@@ -510,8 +513,7 @@ class LuongGRUDecoder(GRUDecoder):
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
         """keys ``W_a h_j`` (general) or ``h_j`` (dot), B x S x Q; values: the annotations, B x S x C."""
         annotations, padding_mask = self._annotations(encoder_out, incremental)
-        keys, values = precision.cast(self.attention.precompute(annotations)), precision.cast(annotations)
-        return Source(values, keys, padding_bias(padding_mask, values.dtype))
+        return self._attention_source(annotations, annotations, padding_mask)
 
     def _initial_feed(self, hidden: Tensor) -> Optional[Tensor]:
         return hidden.new_zeros(hidden.size(0), self.hidden_size)

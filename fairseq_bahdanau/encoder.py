@@ -180,6 +180,7 @@ class BiGRUEncoder(FairseqEncoder):
         reverse = torch.where(valid, lengths - 1 - time, time)  # S x B, its own inverse
         last = (lengths - 1).view(1, bsz, 1).expand(1, bsz, self.hidden_size)
         h0 = x.new_zeros(1, bsz, self.hidden_size)
+        flat = self.gru_weights()
         finals = []
         for layer in range(self.gru.num_layers):
             if layer > 0:
@@ -187,7 +188,7 @@ class BiGRUEncoder(FairseqEncoder):
             directions: List[Tensor] = []
             for direction, inputs in enumerate([x, _gather_time(x, reverse)]):
                 first = 4 * (2 * layer + direction)  # nn.GRU's order: layer by layer, forward then backward
-                weights = self.gru_weights()[first: first + 4]  # weight_ih, weight_hh, bias_ih, bias_hh
+                weights = flat[first: first + 4]  # weight_ih, weight_hh, bias_ih, bias_hh
                 out, _ = self._kernel(inputs, h0, weights, num_layers=1, bidirectional=False)
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
@@ -209,12 +210,13 @@ class BiGRUEncoder(FairseqEncoder):
         finals: List[Tensor] = []
         directions: List[Tensor] = []
         layer_input = x
+        flat = self.gru_weights()
         for i, norms in enumerate(self.norms):  # i = 2 * layer + direction
             if i > 0 and i % 2 == 0:  # a new layer reads the one below (dropout between layers, as nn.GRU)
                 layer_input = self.dropout_module(torch.cat([directions[0], _gather_time(directions[1], reverse)], 2))
                 directions = []
             inputs = layer_input if i % 2 == 0 else _gather_time(layer_input, reverse)
-            w_ih, w_hh, b_ih, b_hh = self.gru_weights()[4 * i: 4 * i + 4]
+            w_ih, w_hh, b_ih, b_hh = flat[4 * i: 4 * i + 4]
             hidden = x.new_zeros(bsz, self.hidden_size)
             outputs: List[Tensor] = []
             # LN works row by row, so the input side is normalised for all steps at once; only LN(U h + b) is per step

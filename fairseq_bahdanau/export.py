@@ -171,6 +171,7 @@ def export(paths: Sequence[str], data: str, output: str, spm: Optional[str] = No
         "generation": options,
         "quantized": quantize,
         "sentencepiece": spm is not None,
+        "attention": all(model.decoder.attention is not None for model in models),
     })}
     if spm is not None:
         with open(spm, "rb") as f:

@@ -81,8 +81,7 @@ def word_attention(pieces: Attention, sentencepiece: bool) -> Attention:
     source_spans = word_spans(source, sentencepiece) + [(len(source), len(source) + 1)]
     target_spans = word_spans(pieces.target, sentencepiece)
     matrix = torch.tensor(pieces.weights, dtype=torch.float64).view(len(pieces.target), len(pieces.source))
-    columns = torch.stack([matrix[:, a:b].sum(1) for a, b in source_spans], dim=1) if len(pieces.target) else \
-        matrix.new_zeros(0, len(source_spans))
+    columns = torch.stack([matrix[:, a:b].sum(1) for a, b in source_spans], dim=1)
     rows = [columns[a:b].mean(0) for a, b in target_spans]
 
     def joined(word: List[str]) -> str:
@@ -154,10 +153,13 @@ class LoadedTranslator:
     def __call__(self, lines: List[str]) -> List[str]:
         """Translate a batch of lines (one padded batch; see ``serve`` for one line at a time). An empty or
         all-blank line translates to an empty string (fairseq-interactive would invent a sentence for it); a line
-        that is too long raises ``ValueError``."""
-        pieces = [self.pieces(line) for line in lines]
+        that is too long raises an error."""
+        return self.translate_pieces([self.pieces(line) for line in lines])
+
+    def translate_pieces(self, pieces: List[List[str]]) -> List[str]:
+        """``__call__`` for lines already split into pieces."""
         todo = [i for i, p in enumerate(pieces) if p]
-        out = [""] * len(lines)
+        out = [""] * len(pieces)
         if todo:
             with torch.no_grad():
                 for i, hypothesis in zip(todo, self.module([pieces[i] for i in todo])):
@@ -220,10 +222,10 @@ def filter_lines(translate: LoadedTranslator, lines: Iterable[str], batch_size: 
     failed = 0
     number = 0
     for batch in batches(lines, batch_size):
-        too_long = [translate.problem(translate.pieces(line)) for line in batch]
-        ok = [line for line, problem in zip(batch, too_long) if problem is None]
-        done = iter(translate(ok))
-        for line, problem in zip(batch, too_long):
+        pieces = [translate.pieces(line) for line in batch]
+        too_long = [translate.problem(p) for p in pieces]
+        done = iter(translate.translate_pieces([p for p, problem in zip(pieces, too_long) if problem is None]))
+        for problem in too_long:
             number += 1
             if problem is None:
                 print(next(done), flush=True)

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def describe(name: str, translator: LoadedTranslator) -> Dict[str, Any]:
         "generation": meta.get("generation", {}),
         "quantized": bool(meta.get("quantized")),
         "sentencepiece": bool(meta.get("sentencepiece")),
-        "attention": meta.get("attention", True),
+        "attention": bool(meta.get("attention", True)),
         "max_source_positions": translator.max_source_positions,
     }
 
@@ -188,8 +189,6 @@ def result_json(translation: Translation) -> Dict[str, Any]:
 def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limits) -> Tuple[Tuple[str, int, int],
                                                                                               List[str]]:
     """(model, beam, nbest) and the lines of a ``POST /translate`` body, or ``BadRequest``."""
-    import json
-
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -315,18 +314,8 @@ def load_translators(paths: List[str], threads: Optional[int] = None) -> Dict[st
         if not translator.detailed:
             raise ValueError(f"{path} was exported before translators had n-best lists and attention: export it "
                              "again with this version")
-        translator.meta.setdefault("attention", attention_of(translator))
         translators[name] = translator
     return translators
-
-
-def attention_of(translator: LoadedTranslator) -> bool:
-    """Whether the translator's model has attention (asked of the model with a one-word sentence)."""
-    import torch
-
-    with torch.no_grad():
-        _, _, matrix = translator.module.translate([["a"]], 1, 1)[0][0]
-    return matrix.numel() > 0
 
 
 def main(argv: Optional[List[str]] = None) -> None:
