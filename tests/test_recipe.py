@@ -3,12 +3,14 @@ subword regularization are true segmentations of each line, vary, and are the sa
 error paths of ``train.sh`` and ``evaluate.sh`` (with stand-ins for ``python`` and ``fairseq-train``)."""
 
 import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
 from fairseq_bahdanau.synthetic import write_corpus
-from helpers import ROOT, run
+from helpers import BIN, ROOT, run
 
 SPM = os.path.join(ROOT, "examples", "multi30k", "spm.py")
 RECIPE = os.path.join(ROOT, "examples", "multi30k")
@@ -94,6 +96,16 @@ def test_train_sh_transformer_is_fairseqs_own_in_float32(work):
 def test_train_sh_without_data_says_run_prepare_first(tmp_path):
     proc = script(tmp_path, "train.sh", "best")
     assert proc.returncode == 1 and "run prepare.sh first" in proc.stderr
+    proc = script(tmp_path, "train.sh", "best", DATA_BIN=str(tmp_path / "data-bin-distill"))
+    assert proc.returncode == 1 and "DATA_BIN" in proc.stderr and "distill.sh" in proc.stderr
+
+
+def test_train_sh_trains_on_data_bin(work):
+    (work / "distilled").mkdir()
+    (work / "distilled" / "dict.de.txt").write_text("a 1\n")
+    proc = script(work, "train.sh", "best", DATA_BIN=str(work / "distilled"), RUN_NAME="student")
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("fairseq-train"))
+    assert command.startswith(f"fairseq-train {work / 'distilled'} ") and "checkpoints/student" in command
 
 
 def test_train_sh_refuses_bfloat16_on_cpus_without_it(work):
@@ -127,7 +139,7 @@ def test_train_sh_shows_why_fairseq_train_failed(work):
 
 def test_evaluate_sh_checks_split_and_run(work):
     proc = script(work, "evaluate.sh", "best", "test2016")
-    assert proc.returncode == 1 and "unknown split test2016 (test or valid)" in proc.stderr
+    assert proc.returncode == 1 and "unknown split test2016 (test, valid or train)" in proc.stderr
     proc = script(work, "evaluate.sh", "best", RUN_NAME="nope")
     assert proc.returncode == 1 and "checkpoints/nope is missing" in proc.stderr and "RUN_NAME" in proc.stderr
 
@@ -156,3 +168,99 @@ def test_evaluate_sh_ensembles_the_runs_named_in_ensemble(work):
     proc = script(work, "evaluate.sh", "tutorial", "valid", RUN_NAME="a")
     assert proc.returncode == 1 and "fairseq-generate failed" in proc.stderr
     assert f"--path {checkpoint(work, 'a')} " in (work / "checkpoints" / "a" / "valid.beam5.log").read_text()
+    proc = script(work, "evaluate.sh", "best", "valid", RUN_NAME="a", EPOCH="3")  # one epoch's checkpoint
+    assert proc.returncode == 1 and "checkpoint3.pt is missing" in proc.stderr
+    (work / "checkpoints" / "a" / "checkpoint3.pt").write_text("")
+    proc = script(work, "evaluate.sh", "best", "valid", RUN_NAME="a", EPOCH="3")
+    assert proc.returncode == 1 and "fairseq-generate failed" in proc.stderr
+    log = (work / "checkpoints" / "a" / "valid.beam5.epoch3.log").read_text()
+    assert f"--path {work}/checkpoints/a/checkpoint3.pt " in log
+
+
+@pytest.fixture
+def recipe_work(pieces_model, tmp_path):
+    """A WORK directory as prepare.sh leaves it, made from the shared pieces model's corpus (src -> de, tgt -> en,
+    test -> test2016), with that model as the run ``teacher``."""
+    spm_model, data, checkpoints, raw = pieces_model
+    seg = spm_model.parent / "seg"
+    for folder in "raw", "pieces", "data-bin", "checkpoints/teacher":
+        (tmp_path / folder).mkdir(parents=True)
+    for split, name in ("train", "train"), ("valid", "valid"), ("test", "test2016"):
+        for side, lang in ("src", "de"), ("tgt", "en"):
+            shutil.copy(raw / f"{split}.{side}", tmp_path / "raw" / f"{name}.{lang}")
+            shutil.copy(seg / f"{split}.{side}", tmp_path / "pieces" / f"{name}.{lang}")
+    for name in os.listdir(data):  # fairseq's file names, with the languages renamed
+        renamed = name.replace("src-tgt", "de-en").replace(".src.", ".de.").replace(".tgt.", ".en.")
+        shutil.copy(data / name, tmp_path / "data-bin" / renamed)
+    shutil.copy(spm_model, tmp_path / "spm.model")
+    shutil.copy(checkpoints / "checkpoint_best.pt", tmp_path / "checkpoints" / "teacher" / "checkpoint_best.pt")
+    return tmp_path
+
+
+def test_distill_sh_binarizes_the_teachers_translations_once(recipe_work):
+    """distill.sh translates the training source with the teacher (real fairseq-generate), keeps the pieces, and
+    binarizes them as the training targets with data-bin's dictionary; MIX=1 adds the references, reusing the
+    cached translations (a failing fairseq-generate first on PATH proves it is not called again)."""
+    from fairseq.data import Dictionary, data_utils
+
+    environ = dict(os.environ, WORK=str(recipe_work), CONFIG="tutorial", PATH=f"{BIN}:{os.environ['PATH']}")
+    distill = ["bash", os.path.join(RECIPE, "distill.sh"), "teacher"]
+    proc = subprocess.run(distill, capture_output=True, text=True, env=environ, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "translates the 1500 training sentences" in proc.stdout and "1500 training pairs" in proc.stdout
+    pieces = (recipe_work / "checkpoints" / "teacher" / "train.beam5.pieces").read_text().splitlines()
+    references = (recipe_work / "pieces" / "train.en").read_text().splitlines()
+    assert len(pieces) == 1500 and pieces != references
+
+    def targets(dest):
+        dictionary = Dictionary.load(str(dest / "dict.en.txt"))
+        dataset = data_utils.load_indexed_dataset(str(dest / "train.de-en.en"), dictionary)
+        return [dictionary.string(dataset[i][:-1]) for i in range(len(dataset))]  # without </s>
+
+    assert targets(recipe_work / "data-bin-distill") == pieces
+    assert (recipe_work / "data-bin-distill" / "valid.de-en.en.bin").read_bytes() == \
+        (recipe_work / "data-bin" / "valid.de-en.en.bin").read_bytes()
+
+    (recipe_work / "bin").mkdir()
+    (recipe_work / "bin" / "fairseq-generate").write_text("#!/bin/sh\necho called >&2\nexit 3\n")
+    (recipe_work / "bin" / "fairseq-generate").chmod(0o755)
+    environ.update(MIX="1", PATH=f"{recipe_work / 'bin'}:{environ['PATH']}")
+    proc = subprocess.run(distill, capture_output=True, text=True, env=environ, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "there already" in proc.stdout and "3000 training pairs" in proc.stdout
+    assert "DATA_BIN=" + str(recipe_work / "data-bin-distill-mix") in proc.stdout
+    assert targets(recipe_work / "data-bin-distill-mix") == pieces + references
+    proc = subprocess.run(distill, capture_output=True, text=True, env=dict(environ, MIX="2"), timeout=60)
+    assert proc.returncode == 1 and "MIX must be 0 or 1" in proc.stderr
+
+
+def test_curves_adds_the_sessions_of_a_resumed_run(tmp_path):
+    """curves.py reads each validation's minutes from the log's time stamps, the sessions of a resumed run end to
+    end (the pause between them not counted), and draws the figure."""
+    start = "| INFO | fairseq_cli.train | {'_name': None}\n"
+    valid = "| INFO | valid | epoch {:03d} | valid on 'valid' subset | loss {} | nll_loss {} | ppl 9 | num_updates {}\n"
+    log = tmp_path / "train.log"
+    log.write_text(
+        "precision: float32\n"
+        "2026-12-04 10:00:00 " + start
+        + "2026-12-04 10:06:00 " + valid.format(1, 5.5, 4.5, 100)
+        + "2026-12-04 10:12:00 " + valid.format(2, 4.5, 3.5, 200)
+        + "2026-12-04 10:12:30 | INFO | fairseq_cli.train | done training in 750.0 seconds\n"
+        + "2026-12-04 18:00:00 " + start  # resumed hours later
+        + "2026-12-04 18:06:30 " + valid.format(3, 4.0, 3.0, 300))
+    (tmp_path / "bleu.tsv").write_text("1\t10.5\n3\t20.0\n")
+    proc = run("python", os.path.join(RECIPE, "curves.py"), str(tmp_path / "c.png"), f"gru={log}",
+               "--bleu", f"gru={tmp_path / 'bleu.tsv'}", "--table", str(tmp_path / "t.md"))
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    # last validation after 12.5 + 6.5 minutes, at epoch 3; the lowest loss at epoch 3; the best BLEU at epoch 3
+    assert "| gru | 19 | 3 | 300 | 4.000 / 3.000 | 4.000 (3) | 20.00 (3) |" in proc.stdout
+    assert (tmp_path / "t.md").read_text() == proc.stdout
+    from importlib.util import module_from_spec, spec_from_file_location
+    spec = spec_from_file_location("curves", os.path.join(RECIPE, "curves.py"))
+    curves = module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    assert [round(p.minutes, 2) for p in curves.read_log(str(log))] == [6.0, 12.0, 19.0]
+    (tmp_path / "empty.log").write_text("nothing\n")
+    proc = subprocess.run([sys.executable, os.path.join(RECIPE, "curves.py"), str(tmp_path / "d.png"),
+                           f"x={tmp_path / 'empty.log'}"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "has no 'valid | epoch' lines" in proc.stderr

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Step 3 of the Multi30k recipe: translate test2016 (or valid) with beam search, detokenize, score with sacreBLEU.
+# Step 3 of the Multi30k recipe: translate test2016 (or valid, or train) with beam search, detokenize, score with sacreBLEU.
 #
-#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid]
+#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid|train]
 #
+# (train: the training split, as distill.sh translates it for a student; the pieces stay in SAVE/train.beamB.pieces)
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
 #      average, default 5 for best, best-e512, best-sr, encdec and transformer, 0 for the others: then
@@ -10,19 +11,22 @@
 #      ENSEMBLE (more runs of the same configuration, their directory names separated by spaces: their checkpoints,
 #      chosen or averaged as RUN_NAME's, are ensembled with it, and the outputs go to
 #      $WORK/checkpoints/RUN_NAME+OTHER+...; e.g. `ENSEMBLE=best-s2 evaluate.sh best` after
-#      `RUN_NAME=best-s2 train.sh best --seed 2`).
+#      `RUN_NAME=best-s2 train.sh best --seed 2`),
+#      EPOCH (score that epoch's checkpoint, checkpointEPOCH.pt, instead: the outputs are SPLIT.beamB.epochE.*),
+#      OUTPUTS (a directory, e.g. examples/multi30k/outputs: a copy of the detokenized hypotheses goes there as
+#      RUN.SPLIT.beamB[.epochE].detok, RUN being the output directory's name).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
-CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid]}"
+CONFIG="${1:?usage: evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid|train]}"
 SPLIT="${2:-test}"
 BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
 read -r -a RUNS <<< "${RUN_NAME:-$CONFIG} ${ENSEMBLE:-}"
 case "$CONFIG" in best|best-e512|best-sr|encdec|transformer) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
-case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;;
-  *) echo "error: unknown split $SPLIT (test or valid)" >&2; exit 1 ;;
+case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;; train) REF="$WORK/raw/train.en" ;;
+  *) echo "error: unknown split $SPLIT (test, valid or train)" >&2; exit 1 ;;
 esac
 [ ${#RUNS[@]} -gt 0 ] || { echo "error: RUN_NAME is blank" >&2; exit 1; }
 [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" = "" ] \
@@ -35,10 +39,12 @@ for run in "${RUNS[@]:1}"; do
     "train it first (RUN_NAME=$run train.sh $CONFIG ...)" >&2; exit 1; }
 done
 
-CHECKPOINTS=()  # one per run: checkpoint_best.pt, or the average of its last AVERAGE epoch checkpoints
+CHECKPOINTS=()  # one per run: EPOCH's checkpoint, checkpoint_best.pt, or the average of its last AVERAGE epochs
 for run in "${RUNS[@]}"; do
   CHECKPOINT="$WORK/checkpoints/$run/checkpoint_best.pt"
-  if [ "$AVERAGE" -gt 0 ]; then
+  if [ -n "${EPOCH:-}" ]; then
+    CHECKPOINT="$WORK/checkpoints/$run/checkpoint$EPOCH.pt"
+  elif [ "$AVERAGE" -gt 0 ]; then
     CHECKPOINT="$WORK/checkpoints/$run/average$AVERAGE.pt"
     python "$HERE/average_checkpoints.py" "$WORK/checkpoints/$run" "$AVERAGE" "$CHECKPOINT"
   fi
@@ -48,7 +54,7 @@ done
 SAVE="$WORK/checkpoints/$(IFS=+; echo "${RUNS[*]}")"  # the run's own directory, or RUN+OTHER+... for an ensemble
 mkdir -p "$SAVE"
 
-OUT="$SAVE/$SPLIT.beam$BEAM"
+OUT="$SAVE/$SPLIT.beam$BEAM${EPOCH:+.epoch$EPOCH}"
 fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
   --gen-subset "$SPLIT" --path "$(IFS=:; echo "${CHECKPOINTS[*]}")" --beam "$BEAM" --lenpen "$LENPEN" \
   --batch-size 128 --cpu \
@@ -58,6 +64,9 @@ fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-l
 python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
 [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
   || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }
+if [ -n "${OUTPUTS:-}" ]; then
+  mkdir -p "$OUTPUTS" && cp "$OUT.detok" "$OUTPUTS/$(basename "$SAVE").$(basename "$OUT").detok"
+fi
 echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "${CHECKPOINTS[0]}")$([ ${#RUNS[@]} -gt 1 ] && echo " of ${RUNS[*]}"):"
 echo -n "  cased:      "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2
 echo -n "  lowercased: "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2 -lc

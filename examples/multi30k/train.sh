@@ -22,15 +22,16 @@
 #           paper's RNNencdec baseline), the same recipe and budget, for the comparison by sentence length.
 # lstm:     fairseq's built-in lstm peer (emb 256, bidirectional 512 encoder, 512 decoder, out-embed 256,
 #           dropout 0.3, Adam 1e-3, batch 128), with the same time budget as best.
-# transformer: fairseq's own transformer sized for 29k sentences (issue 28; not yet screened): 4+4 layers, 256
-#           dims, FFN 512, 4 heads, dropout 0.3, shared embeddings, Adam (0.9, 0.98) 5e-4 with inverse-sqrt
-#           warm-up over 1000 updates, label smoothing 0.1, 4096 tokens per batch, the same time budget as best,
-#           float32 (--autocast-bf16 is this package's model only).
+# transformer: fairseq's own transformer sized for 29k sentences: 4+4 layers, 256 dims, FFN 512, 4 heads, dropout
+#           0.3, shared embeddings, Adam (0.9, 0.98) 1e-3 with inverse-sqrt warm-up over 400 updates, label
+#           smoothing 0.1, 1024 tokens per batch (screened against 2048 and 4096: more updates win in this budget),
+#           the same time budget as best, float32 (--autocast-bf16 is this package's model only).
 # Precision: best, best-sr, best-decay and encdec train under bfloat16 autocast (--autocast-bf16, about twice the
 #      updates per minute with the same validation loss per update) where bfloat16 matrix products are measured
 #      faster than float32 (AVX512-BF16 or AMX; not AVX-512 alone, where oneDNN emulates them), in float32 elsewhere; PRECISION=fp32 or bf16 chooses (default auto). The first line of
 #      the output says which.
-# Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, default the
+# Env: WORK (default runs/multi30k), DATA_BIN (the binarized data, default $WORK/data-bin; e.g.
+#      $WORK/data-bin-distill, a teacher's translations made by distill.sh, for a student), RUN_NAME (the run's directory under $WORK/checkpoints, default the
 #      configuration's name), HOURS (training-time budget, default 1.45: fairseq checks it between
 #      updates), THREADS (CPU threads, default all), UPDATES (best-decay only: updates to decay over, 4300).
 set -euo pipefail
@@ -47,8 +48,12 @@ HOURS="${HOURS:-1.45}"
 UPDATES="${UPDATES:-4300}"
 export OMP_NUM_THREADS="${THREADS:-$(nproc)}"
 SAVE="$WORK/checkpoints/${RUN_NAME:-$CONFIG}"
-[ -f "$WORK/data-bin/dict.de.txt" ] || { echo "error: $WORK/data-bin is missing: run prepare.sh first" >&2; exit 1; }
-DATA="$WORK/data-bin"
+DATA="${DATA_BIN:-$WORK/data-bin}"
+if [ ! -f "$DATA/dict.de.txt" ]; then
+  [ -n "${DATA_BIN:-}" ] && echo "error: DATA_BIN $DATA is missing: make it with distill.sh (or prepare.sh)" >&2 \
+    || echo "error: $DATA is missing: run prepare.sh first" >&2
+  exit 1
+fi
 if [ "$CONFIG" = best-sr ]; then  # fairseq reads epoch e's training data from shard (e - 1) mod (number of shards)
   [ -d "$WORK/data-bin-sampled/1" ] \
     || { echo "error: $WORK/data-bin-sampled is missing: run prepare.sh with SAMPLES > 0" >&2; exit 1; }
@@ -89,9 +94,9 @@ case "$CONFIG" in
     ARGS=(--arch transformer --share-all-embeddings --encoder-layers 4 --decoder-layers 4
           --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
           --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.3 --attention-dropout 0.1
-          --activation-dropout 0.1 --weight-decay 0.0001 --optimizer adam --adam-betas "(0.9, 0.98)" --lr 5e-4
-          --lr-scheduler inverse_sqrt --warmup-updates 1000 --criterion label_smoothed_cross_entropy
-          --label-smoothing 0.1 --max-tokens 4096 --max-epoch 100 --stop-time-hours "$HOURS"
+          --activation-dropout 0.1 --weight-decay 0.0001 --optimizer adam --adam-betas "(0.9, 0.98)" --lr 1e-3
+          --lr-scheduler inverse_sqrt --warmup-updates 400 --criterion label_smoothed_cross_entropy
+          --label-smoothing 0.1 --max-tokens 1024 --max-epoch 100 --stop-time-hours "$HOURS"
           --user-dir "$ROOT/fairseq_bahdanau") ;;  # the user dir only for compat.py's fixes
   *) echo "error: unknown configuration $CONFIG (tutorial, best, best-e512, best-sr, best-decay, encdec, lstm or" \
           "transformer)" >&2; exit 1 ;;
