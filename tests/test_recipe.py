@@ -101,6 +101,8 @@ def test_train_sh_without_data_says_run_prepare_first(tmp_path):
 
 
 def test_train_sh_trains_on_data_bin(work):
+    proc = script(work, "train.sh", "best-sr", DATA_BIN=str(work / "data-bin"))
+    assert proc.returncode == 1 and "DATA_BIN cannot be used" in proc.stderr
     (work / "distilled").mkdir()
     (work / "distilled" / "dict.de.txt").write_text("a 1\n")
     proc = script(work, "train.sh", "best", DATA_BIN=str(work / "distilled"), RUN_NAME="student")
@@ -230,6 +232,15 @@ def test_distill_sh_binarizes_the_teachers_translations_once(recipe_work):
     assert "there already" in proc.stdout and "3000 training pairs" in proc.stdout
     assert "DATA_BIN=" + str(recipe_work / "data-bin-distill-mix") in proc.stdout
     assert targets(recipe_work / "data-bin-distill-mix") == pieces + references
+    teacher = recipe_work / "checkpoints" / "teacher" / "checkpoint_best.pt"
+    os.utime(teacher, (teacher.stat().st_mtime + 60,) * 2)  # the teacher changed: translate again
+    proc = subprocess.run(distill, capture_output=True, text=True, env=environ, timeout=300)
+    assert proc.returncode == 1 and "translates the 1500 training sentences" in proc.stdout
+    assert "fairseq-generate failed" in proc.stderr
+    proc = subprocess.run(distill, capture_output=True, text=True, timeout=60,
+                          env=dict(environ, DEST=str(recipe_work / "data-bin")))
+    assert proc.returncode == 1 and "DEST must not be" in proc.stderr
+    assert (recipe_work / "data-bin" / "dict.de.txt").exists()
     proc = subprocess.run(distill, capture_output=True, text=True, env=dict(environ, MIX="2"), timeout=60)
     assert proc.returncode == 1 and "MIX must be 0 or 1" in proc.stderr
 
@@ -248,12 +259,17 @@ def test_curves_adds_the_sessions_of_a_resumed_run(tmp_path):
         + "2026-12-04 10:12:30 | INFO | fairseq_cli.train | done training in 750.0 seconds\n"
         + "2026-12-04 18:00:00 " + start  # resumed hours later
         + "2026-12-04 18:06:30 " + valid.format(3, 4.0, 3.0, 300))
+    pytest.importorskip("matplotlib")
     (tmp_path / "bleu.tsv").write_text("1\t10.5\n3\t20.0\n")
+    plain = tmp_path / "plain.log"  # the cross_entropy criterion logs no nll_loss: the loss is the nll
+    plain.write_text("2026-12-04 10:00:00 " + start
+                     + "2026-12-04 10:06:00 " + valid.format(1, 5.5, 4.5, 100).replace(" | nll_loss 4.5", ""))
     proc = run("python", os.path.join(RECIPE, "curves.py"), str(tmp_path / "c.png"), f"gru={log}",
-               "--bleu", f"gru={tmp_path / 'bleu.tsv'}", "--table", str(tmp_path / "t.md"))
+               f"plain={plain}", "--bleu", f"gru={tmp_path / 'bleu.tsv'}", "--table", str(tmp_path / "t.md"))
     assert (tmp_path / "c.png").stat().st_size > 1000
     # last validation after 12.5 + 6.5 minutes, at epoch 3; the lowest loss at epoch 3; the best BLEU at epoch 3
     assert "| gru | 19 | 3 | 300 | 4.000 / 3.000 | 4.000 (3) | 20.00 (3) |" in proc.stdout
+    assert "| plain | 6 | 1 | 100 | 5.500 / 5.500 | 5.500 (1) | - |" in proc.stdout
     assert (tmp_path / "t.md").read_text() == proc.stdout
     from importlib.util import module_from_spec, spec_from_file_location
     spec = spec_from_file_location("curves", os.path.join(RECIPE, "curves.py"))

@@ -14,8 +14,8 @@ import re
 from typing import Dict, List, NamedTuple
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| ")
-VALID = re.compile(r"\| valid \| epoch (\d+) \| valid on 'valid' subset \| loss ([\d.]+) \| nll_loss ([\d.]+)"
-                   r".*\| num_updates (\d+)")
+VALID = re.compile(r"\| valid \| epoch (\d+) \| valid on 'valid' subset \| loss ([\d.]+)(?: \| nll_loss ([\d.]+))?"
+                   r".*\| num_updates (\d+)")  # (cross_entropy logs no nll_loss: there it is the loss)
 SESSION_START = "| fairseq_cli.train | {"  # fairseq's configuration dump: the first line of a training session
 
 
@@ -47,7 +47,8 @@ def read_log(path: str) -> List[Point]:
             valid = VALID.search(line)
             if valid:
                 epoch, loss, nll, updates = valid.groups()
-                points.append(Point(int(epoch), (done + now - start) / 60, int(updates), float(loss), float(nll)))
+                points.append(Point(int(epoch), (done + now - start) / 60, int(updates), float(loss),
+                                    float(nll or loss)))
     if not points:
         raise SystemExit(f"error: {path} has no 'valid | epoch' lines: is it a fairseq-train log?")
     return points
@@ -55,8 +56,18 @@ def read_log(path: str) -> List[Point]:
 
 def read_bleu(path: str) -> Dict[int, float]:
     """epoch -> BLEU from ``epoch<TAB>BLEU`` lines."""
+    scores = {}
     with open(path, encoding="utf-8") as lines:
-        return {int(epoch): float(bleu) for epoch, bleu in (line.split("\t") for line in lines if line.strip())}
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                epoch, bleu = fields
+                scores[int(epoch)] = float(bleu)
+            except ValueError:
+                raise SystemExit(f"error: {path}:{number}: expected 'epoch<TAB>BLEU', got {line.strip()!r}")
+    return scores
 
 
 def named(pairs: List[str]) -> Dict[str, str]:
@@ -122,12 +133,12 @@ def main(argv=None) -> None:
     unknown = set(bleu) - set(runs)
     if unknown:
         raise SystemExit(f"error: --bleu for runs not given: {', '.join(sorted(unknown))}")
-    plot(args.output, runs, bleu)
     summary = table(runs, bleu)
     print(summary, end="")
     if args.table:
         with open(args.table, "w", encoding="utf-8") as out:
             out.write(summary)
+    plot(args.output, runs, bleu)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 #
 # Step 1 translates $WORK/data-bin's training split with evaluate.sh (each run averaged or chosen as evaluate.sh
 # does for CONFIG; more runs make an ensemble). Its pieces are kept in $WORK/checkpoints/RUN+.../train.beamB.pieces
-# and reused when complete, so a second call (e.g. with MIX=1) does not translate again.
+# and reused by a later call (e.g. with MIX=1) only if they are complete and were made from the same checkpoint
+# files (names and times), sentencepiece model, CONFIG, AVERAGE and LENPEN (recorded in train.beamB.key).
 # Step 2 binarizes them with data-bin's dictionary into DEST (valid and test stay the references), for
 #
 #   DATA_BIN=DEST RUN_NAME=student bash examples/multi30k/train.sh best
@@ -26,16 +27,28 @@ MIX="${MIX:-0}"
 case "$MIX" in 0) SUFFIX="" ;; 1) SUFFIX="-mix" ;; *) echo "error: MIX must be 0 or 1, got $MIX" >&2; exit 1 ;; esac
 DEST="${DEST:-$WORK/data-bin-distill$SUFFIX}"
 [ -f "$WORK/pieces/train.de" ] || { echo "error: $WORK/pieces is missing: run prepare.sh first" >&2; exit 1; }
+[ "$(realpath -m "$DEST")" != "$(realpath -m "$WORK/data-bin")" ] \
+  || { echo "error: DEST must not be $WORK/data-bin, which holds the dictionary and the references" >&2; exit 1; }
 
 TEACHER="$WORK/checkpoints/$(IFS=+; echo "$*")"
 PIECES="$TEACHER/train.beam$BEAM.pieces"
 LINES=$(wc -l < "$WORK/pieces/train.de")
-if [ -f "$PIECES" ] && [ "$(wc -l < "$PIECES")" -eq "$LINES" ]; then
+key() {  # what the translations depend on: the runs' checkpoint files, the vocabulary and evaluate.sh's choices
+  echo "CONFIG=$CONFIG AVERAGE=${AVERAGE:-} LENPEN=${LENPEN:-}"
+  md5sum < "$WORK/spm.model"
+  for run in "$@"; do
+    (cd "$WORK/checkpoints/$run" 2>/dev/null && stat -c '%n %Y %s' checkpoint*.pt) || echo "$run: no checkpoints"
+  done
+}
+if [ -f "$PIECES" ] && [ "$(wc -l < "$PIECES")" -eq "$LINES" ] && [ "$(key "$@")" = "$(cat "$PIECES.key" 2>/dev/null)" ]
+then
   echo "== the teacher's translations are there already: $PIECES"
 else
   echo "== the teacher ($*) translates the $LINES training sentences, beam $BEAM"
+  rm -f "$PIECES.key"
   start=$(date +%s)
-  EPOCH="" RUN_NAME="$1" ENSEMBLE="${*:2}" BEAM="$BEAM" bash "$HERE/evaluate.sh" "$CONFIG" train
+  EPOCH="" OUTPUTS="" RUN_NAME="$1" ENSEMBLE="${*:2}" BEAM="$BEAM" bash "$HERE/evaluate.sh" "$CONFIG" train
+  key "$@" > "$PIECES.key"
   echo "   $(( $(date +%s) - start )) s"
 fi
 
@@ -48,10 +61,12 @@ if [ "$MIX" = 1 ]; then
   cat "$WORK/pieces/train.de" >> "$TMP/train.de"
   cat "$WORK/pieces/train.en" >> "$TMP/train.en"
 fi
-rm -rf "$DEST"
 fairseq-preprocess --source-lang de --target-lang en --srcdict "$WORK/data-bin/dict.de.txt" \
   --tgtdict "$WORK/data-bin/dict.en.txt" --trainpref "$TMP/train" --validpref "$WORK/pieces/valid" \
-  --testpref "$WORK/pieces/test2016" --destdir "$DEST" --workers 2 > "$WORK/preprocess.distill.log" 2>&1 \
+  --testpref "$WORK/pieces/test2016" --destdir "$TMP/bin" --workers 2 > "$WORK/preprocess.distill.log" 2>&1 \
   || { tail -20 "$WORK/preprocess.distill.log" >&2; exit 1; }
+rm -rf "$DEST"
+mkdir -p "$(dirname "$DEST")"
+mv "$TMP/bin" "$DEST"
 echo "done: $DEST ($(wc -l < "$TMP/train.en") training pairs). Next:"
 echo "  DATA_BIN=$DEST RUN_NAME=student$SUFFIX bash examples/multi30k/train.sh best"

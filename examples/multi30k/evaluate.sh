@@ -65,7 +65,8 @@ python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
 [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
   || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }
 if [ -n "${OUTPUTS:-}" ]; then
-  mkdir -p "$OUTPUTS" && cp "$OUT.detok" "$OUTPUTS/$(basename "$SAVE").$(basename "$OUT").detok"
+  mkdir -p "$OUTPUTS"
+  cp "$OUT.detok" "$OUTPUTS/$(basename "$SAVE").$(basename "$OUT").detok"
 fi
 echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "${CHECKPOINTS[0]}")$([ ${#RUNS[@]} -gt 1 ] && echo " of ${RUNS[*]}"):"
 echo -n "  cased:      "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2

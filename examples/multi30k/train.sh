@@ -54,6 +54,10 @@ if [ ! -f "$DATA/dict.de.txt" ]; then
     || echo "error: $DATA is missing: run prepare.sh first" >&2
   exit 1
 fi
+if [ "$CONFIG" = best-sr ] && [ -n "${DATA_BIN:-}" ]; then
+  echo "error: best-sr trains on prepare.sh's sampled segmentations of the references: DATA_BIN cannot be used" >&2
+  exit 1
+fi
 if [ "$CONFIG" = best-sr ]; then  # fairseq reads epoch e's training data from shard (e - 1) mod (number of shards)
   [ -d "$WORK/data-bin-sampled/1" ] \
     || { echo "error: $WORK/data-bin-sampled is missing: run prepare.sh with SAMPLES > 0" >&2; exit 1; }
