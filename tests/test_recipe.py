@@ -91,6 +91,8 @@ def test_train_sh_transformer_is_fairseqs_own_in_float32(work):
     command = next(line for line in proc.stdout.splitlines() if line.startswith("fairseq-train"))
     assert "--arch transformer --share-all-embeddings" in command and "--stop-time-hours 1.45" in command
     assert "--autocast-bf16" not in command and "precision: float32" in proc.stdout
+    proc = script(work, "train.sh", "transformer", "--bf16")
+    assert "precision: bfloat16 (fairseq's --bf16" in proc.stdout
 
 
 def test_train_sh_without_data_says_run_prepare_first(tmp_path):

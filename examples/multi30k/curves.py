@@ -95,7 +95,8 @@ def table(runs: Dict[str, List[Point]], bleu: Dict[str, Dict[int, float]]) -> st
     return "\n".join(rows) + "\n"
 
 
-def plot(output: str, runs: Dict[str, List[Point]], bleu: Dict[str, Dict[int, float]]) -> None:
+def plot(output: str, runs: Dict[str, List[Point]], bleu: Dict[str, Dict[int, float]],
+         bleu_label: str = "valid BLEU (cased sacreBLEU)") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -112,7 +113,7 @@ def plot(output: str, runs: Dict[str, List[Point]], bleu: Dict[str, Dict[int, fl
     axes[0][0].set_ylabel("valid nll (bits per target piece)")
     axes[0][0].set_ylim(top=min(8.0, axes[0][0].get_ylim()[1]))
     if bleu:
-        axes[0][1].set_ylabel("valid BLEU (cased sacreBLEU)")
+        axes[0][1].set_ylabel(bleu_label)
     for axis in axes[0]:
         axis.set_xlabel("training minutes")
         axis.grid(alpha=0.3)
@@ -126,6 +127,7 @@ def main(argv=None) -> None:
     parser.add_argument("output", help="the figure (.png)")
     parser.add_argument("runs", nargs="+", help="NAME=path/to/train.log")
     parser.add_argument("--bleu", action="append", default=[], help="NAME=path/to/epoch-bleu.tsv")
+    parser.add_argument("--bleu-label", default="valid BLEU (cased sacreBLEU)", help="the BLEU panel's axis label")
     parser.add_argument("--table", help="also write a markdown summary here")
     args = parser.parse_args(argv)
     runs = {name: read_log(path) for name, path in named(args.runs).items()}
@@ -138,7 +140,7 @@ def main(argv=None) -> None:
     if args.table:
         with open(args.table, "w", encoding="utf-8") as out:
             out.write(summary)
-    plot(args.output, runs, bleu)
+    plot(args.output, runs, bleu, args.bleu_label)
 
 
 if __name__ == "__main__":
