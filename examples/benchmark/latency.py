@@ -1,6 +1,7 @@
 """Single-sentence latency: batch 1, one thread, the test sentences in order, beam 5 and greedy.
 
     python examples/benchmark/latency.py --data DATA_BIN [--source-lang de --target-lang en] [--sentences N]
+    python examples/benchmark/latency.py --data DATA_BIN ... --trained NAME=CHECKPOINT[:CHECKPOINT...] ...
 
 Four ways to translate, side by side in one process, taking turns sentence by sentence (so that this machine's
 drift from minute to minute falls on all of them alike):
@@ -17,6 +18,13 @@ The models are untrained (seeded), so every system is made to produce exactly th
 of decoder steps. Reported: median and 90th-percentile milliseconds per sentence, and the ratio of lstm's median to
 each. ``--profile`` first splits one generation step at batch 1 into the model's incremental step and the
 generator's own work around it.
+
+``--trained`` measures trained checkpoints instead, as they would be deployed: each ``NAME=PATHS`` (several
+colon-separated checkpoints make an ensemble) exported as the translator (``fairseq_bahdanau.export``; with
+``--quantize`` its int8 twin too) at beam 5 and greedy, every translator taking turns sentence by sentence. Here the
+translations end where the model ends them, so a system's time includes the length it chooses: reported are the
+median and 90th percentile milliseconds per sentence, the mean number of target pieces, and the first system's beam-5
+median over each (a student's greedy translator against its teacher's beam 5, say).
 """
 
 import argparse
@@ -84,6 +92,55 @@ def profile_step(model, generator, sample, length: int, repeats: int = 200) -> D
     return {"model step": model_ms, "generation step": step_ms}
 
 
+def trained_latency(args: argparse.Namespace) -> None:
+    """The ``--trained`` mode (see the module docstring)."""
+    from fairseq_bahdanau import export
+
+    systems: Dict[str, Callable] = {}
+    dataset = src_dict = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.trained:
+            name, _, paths = spec.partition("=")
+            if not paths:
+                raise SystemExit(f"error: --trained takes NAME=CHECKPOINT[:CHECKPOINT...], got {spec!r}")
+            for path in paths.split(":"):
+                if not os.path.isfile(path):
+                    raise SystemExit(f"error: --trained {name}: no checkpoint at {path}")
+            models, task = export.load(paths.split(":"), args.data, args.source_lang, args.target_lang)
+            if dataset is None:
+                task.load_dataset(args.gen_subset)
+                dataset, src_dict = task.dataset(args.gen_subset), task.source_dictionary
+            for beam in (5, 1):
+                for quantize in (False, True) if args.quantize else (False,):
+                    label = f"{name}, {'beam 5' if beam == 5 else 'greedy'}{' int8' if quantize else ''}"
+                    path = os.path.join(tmp, "translator.pt")  # saved and loaded back, as a service loads it
+                    torch.jit.save(export.script(models, task, {"beam": beam}, quantize), path)
+                    systems[label] = torch.jit.load(path)
+    count = min(args.sentences + args.warmup, len(dataset))
+    times: Dict[str, List[float]] = {label: [] for label in systems}
+    lengths: Dict[str, List[int]] = {label: [] for label in systems}
+    with torch.no_grad():
+        for i in range(count):
+            source = dataset[i]["source"]
+            pieces = [src_dict[t] for t in source[:-1].tolist()]
+            for label, translator in systems.items():
+                start = time.perf_counter()
+                out = translator([pieces])
+                if i >= args.warmup:
+                    times[label].append((time.perf_counter() - start) * 1e3)
+                    lengths[label].append(len(out[0]))
+    first = next(iter(systems))
+    reference = statistics.median(times[first])
+    print(f"single-sentence latency of trained models, {len(times[first])} sentences of {args.gen_subset}, batch 1, "
+          f"1 thread, ms per sentence ({first}'s median / this one's)")
+    print("| system | median ms | p90 ms | mean target pieces | speed-up |")
+    print("|---|---|---|---|---|")
+    for label in systems:
+        median = statistics.median(times[label])
+        print(f"| {label} | {median:.2f} | {percentile(times[label], 0.9):.2f} | "
+              f"{statistics.mean(lengths[label]):.1f} | {reference / median:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="fairseq-preprocess output directory")
@@ -93,8 +150,14 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000, help="the first N sentences of the split")
     parser.add_argument("--warmup", type=int, default=5, help="sentences translated first and not counted")
     parser.add_argument("--profile", action="store_true", help="also split a generation step (see above)")
+    parser.add_argument("--trained", nargs="+", metavar="NAME=CHECKPOINT[:CHECKPOINT...]",
+                        help="time these trained checkpoints' translators instead (see above)")
+    parser.add_argument("--quantize", action="store_true", help="--trained: also each one's int8 translator")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.trained:
+        trained_latency(args)
+        return
 
     from fairseq.sequence_generator import SequenceGenerator
 
