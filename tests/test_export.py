@@ -182,3 +182,6 @@ def test_latency_benchmark_times_trained_translators(pieces_model):
     assert all(float(row.split(" | ")[3]) > 0 for row in rows)  # translations of some length
     missing = run(sys.executable, script, "--data", str(data), "--trained", f"x={ckpt}/nope.pt", check=False)
     assert missing.returncode != 0 and f"--trained x: no checkpoint at {ckpt}/nope.pt" in missing.stderr
+    twice = run(sys.executable, script, "--data", str(data), "--trained", f"x={ckpt}/checkpoint_best.pt",
+                f"x={ckpt}/checkpoint2.pt", check=False)
+    assert twice.returncode != 0 and "--trained names 'x' twice" in twice.stderr

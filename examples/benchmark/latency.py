@@ -101,8 +101,10 @@ def trained_latency(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.trained:
             name, _, paths = spec.partition("=")
-            if not paths:
+            if not name or not paths:
                 raise SystemExit(f"error: --trained takes NAME=CHECKPOINT[:CHECKPOINT...], got {spec!r}")
+            if any(label.startswith(f"{name}, ") for label in systems):
+                raise SystemExit(f"error: --trained names {name!r} twice")
             for path in paths.split(":"):
                 if not os.path.isfile(path):
                     raise SystemExit(f"error: --trained {name}: no checkpoint at {path}")
@@ -117,6 +119,8 @@ def trained_latency(args: argparse.Namespace) -> None:
                     torch.jit.save(export.script(models, task, {"beam": beam}, quantize), path)
                     systems[label] = torch.jit.load(path)
     count = min(args.sentences + args.warmup, len(dataset))
+    if count <= args.warmup:
+        raise SystemExit(f"error: {args.gen_subset} has {len(dataset)} sentences, none left after --warmup {args.warmup}")
     times: Dict[str, List[float]] = {label: [] for label in systems}
     lengths: Dict[str, List[int]] = {label: [] for label in systems}
     with torch.no_grad():
@@ -154,6 +158,10 @@ def main() -> None:
                         help="time these trained checkpoints' translators instead (see above)")
     parser.add_argument("--quantize", action="store_true", help="--trained: also each one's int8 translator")
     args = parser.parse_args()
+    if args.trained and args.profile:
+        parser.error("--profile times the untrained matched models: it cannot be used with --trained")
+    if args.quantize and not args.trained:
+        parser.error("--quantize goes with --trained (the untrained comparison always includes int8)")
     torch.set_num_threads(1)
     if args.trained:
         trained_latency(args)
