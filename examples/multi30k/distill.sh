@@ -10,8 +10,8 @@
 # files (names and times), sentencepiece model, CONFIG, AVERAGE and LENPEN (recorded in train.beamB.key).
 # Step 2 binarizes them with data-bin's dictionary into DEST (valid and test stay the references), for
 #
-#   DATA_BIN=DEST RUN_NAME=student bash examples/multi30k/train.sh best
-#   RUN_NAME=student bash examples/multi30k/evaluate.sh best
+#   DATA_BIN=DEST RUN_NAME=student bash examples/multi30k/train.sh best   (a RUN_NAME not used before: train.sh
+#   RUN_NAME=student bash examples/multi30k/evaluate.sh best              resumes a run directory that exists)
 #
 # Env: WORK (default runs/multi30k), CONFIG (the teacher runs' configuration, default best), BEAM (5),
 #      MIX (0: the teacher's translations only; 1: translations and references together, two pairs per source
@@ -69,4 +69,5 @@ rm -rf "$DEST"
 mkdir -p "$(dirname "$DEST")"
 mv "$TMP/bin" "$DEST"
 echo "done: $DEST ($(wc -l < "$TMP/train.en") training pairs). Next:"
-echo "  DATA_BIN=$DEST RUN_NAME=student$SUFFIX bash examples/multi30k/train.sh best"
+STUDENT="student-of-$(IFS=+; echo "$*")$SUFFIX"  # a new run directory: an existing one would be resumed
+echo "  DATA_BIN=$DEST RUN_NAME=$STUDENT bash examples/multi30k/train.sh best"
