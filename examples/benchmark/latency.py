@@ -98,17 +98,20 @@ def trained_latency(args: argparse.Namespace) -> None:
 
     systems: Dict[str, Callable] = {}
     dataset = src_dict = None
+    names = set()
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.trained:
-            name, _, paths = spec.partition("=")
-            if not name or not paths:
+            name, _, joined = spec.partition("=")
+            if not name or not joined:
                 raise SystemExit(f"error: --trained takes NAME=CHECKPOINT[:CHECKPOINT...], got {spec!r}")
-            if any(label.startswith(f"{name}, ") for label in systems):
+            if name in names:
                 raise SystemExit(f"error: --trained names {name!r} twice")
-            for path in paths.split(":"):
+            names.add(name)
+            paths = joined.split(":")
+            for path in paths:
                 if not os.path.isfile(path):
                     raise SystemExit(f"error: --trained {name}: no checkpoint at {path}")
-            models, task = export.load(paths.split(":"), args.data, args.source_lang, args.target_lang)
+            models, task = export.load(paths, args.data, args.source_lang, args.target_lang)
             if dataset is None:
                 task.load_dataset(args.gen_subset)
                 dataset, src_dict = task.dataset(args.gen_subset), task.source_dictionary

@@ -30,7 +30,8 @@ DEST="${DEST:-$WORK/data-bin-distill$SUFFIX}"
 [ "$(realpath -m "$DEST")" != "$(realpath -m "$WORK/data-bin")" ] \
   || { echo "error: DEST must not be $WORK/data-bin, which holds the dictionary and the references" >&2; exit 1; }
 
-TEACHER="$WORK/checkpoints/$(IFS=+; echo "$*")"
+RUNS="$(IFS=+; echo "$*")"  # the teacher runs joined, as evaluate.sh names an ensemble's directory
+TEACHER="$WORK/checkpoints/$RUNS"
 PIECES="$TEACHER/train.beam$BEAM.pieces"
 LINES=$(wc -l < "$WORK/pieces/train.de")
 key() {  # what the translations depend on: the runs' checkpoint files, the vocabulary and evaluate.sh's choices
@@ -69,5 +70,4 @@ rm -rf "$DEST"
 mkdir -p "$(dirname "$DEST")"
 mv "$TMP/bin" "$DEST"
 echo "done: $DEST ($(wc -l < "$TMP/train.en") training pairs). Next:"
-STUDENT="student-of-$(IFS=+; echo "$*")$SUFFIX"  # a new run directory: an existing one would be resumed
-echo "  DATA_BIN=$DEST RUN_NAME=$STUDENT bash examples/multi30k/train.sh best"
+echo "  DATA_BIN=$DEST RUN_NAME=student-of-$RUNS$SUFFIX bash examples/multi30k/train.sh best"  # a new run directory
