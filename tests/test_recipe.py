@@ -3,6 +3,7 @@ subword regularization are true segmentations of each line, vary, and are the sa
 error paths of ``train.sh`` and ``evaluate.sh`` (with stand-ins for ``python`` and ``fairseq-train``)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from fairseq_bahdanau.synthetic import write_corpus
-from helpers import BIN, ROOT, run
+from helpers import BIN, ROOT, TRAIN, USER_DIR, run
 
 SPM = os.path.join(ROOT, "examples", "multi30k", "spm.py")
 RECIPE = os.path.join(ROOT, "examples", "multi30k")
@@ -110,6 +111,46 @@ def test_train_sh_trains_on_data_bin(work):
     proc = script(work, "train.sh", "best", DATA_BIN=str(work / "distilled"), RUN_NAME="student")
     command = next(line for line in proc.stdout.splitlines() if line.startswith("fairseq-train"))
     assert command.startswith(f"fairseq-train {work / 'distilled'} ") and "checkpoints/student" in command
+
+
+def test_train_sh_starts_from_init(work):
+    """INIT: a missing checkpoint is refused before anything is made; a present one goes to fairseq-train as
+    --finetune-from-model by way of init_checkpoint.py's copy in the run's directory."""
+    proc = script(work, "train.sh", "best", INIT=str(work / "nope.pt"), RUN_NAME="warm")
+    assert proc.returncode == 1 and f"INIT {work / 'nope.pt'} is missing" in proc.stderr
+    assert not (work / "checkpoints").exists()
+    (work / "old.pt").write_text("")
+    proc = script(work, "train.sh", "best", INIT=str(work / "old.pt"), RUN_NAME="warm")
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("fairseq-train"))
+    assert f"--finetune-from-model {work / 'checkpoints' / 'warm' / 'init.pt'}" in command
+
+
+def test_init_checkpoint_restarts_the_training_clock(pieces_model, tmp_path):
+    """fairseq's --finetune-from-model keeps the checkpoint's training clock, so --stop-time-hours counts the
+    earlier run's time (unfixed: a run from a one-hour checkpoint with a half-hour budget stops after one
+    update); init_checkpoint.py's copy has the same weights and a clock at zero, and trains to --max-update."""
+    import torch
+
+    from fairseq_bahdanau import register
+
+    register()
+    _, data, checkpoints, _ = pieces_model
+    state = torch.load(checkpoints / "checkpoint_last.pt", map_location="cpu")
+    state["extra_state"]["previous_training_time"] = 3600.0  # an hour-long earlier run
+    torch.save(state, tmp_path / "old.pt")
+    run("python", os.path.join(RECIPE, "init_checkpoint.py"), str(tmp_path / "old.pt"), str(tmp_path / "init.pt"))
+    init = torch.load(tmp_path / "init.pt", map_location="cpu")
+    assert init["extra_state"]["previous_training_time"] == 0 and init["last_optimizer_state"] is None
+    assert all(torch.equal(init["model"][k], v) for k, v in state["model"].items())
+
+    def updates(start: str, name: str) -> int:
+        proc = run("fairseq-train", str(data), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+                   "--finetune-from-model", start, "--stop-time-hours", "0.5", "--max-update", "4",
+                   "--save-dir", str(tmp_path / name), "--no-save", *TRAIN)
+        return int(re.findall(r"num_updates (\d+)", proc.stdout + proc.stderr)[-1])
+
+    assert updates(str(tmp_path / "old.pt"), "unfixed") == 1
+    assert updates(str(tmp_path / "init.pt"), "fixed") == 4
 
 
 def test_train_sh_refuses_bfloat16_on_cpus_without_it(work):

@@ -34,7 +34,9 @@
 # Env: WORK (default runs/multi30k), DATA_BIN (the binarized data, default $WORK/data-bin; e.g.
 #      $WORK/data-bin-distill, a teacher's translations made by distill.sh, for a student), RUN_NAME (the run's directory under $WORK/checkpoints, default the
 #      configuration's name), HOURS (training-time budget, default 1.45: fairseq checks it between
-#      updates), THREADS (CPU threads, default all), UPDATES (best-decay only: updates to decay over, 4300).
+#      updates), THREADS (CPU threads, default all), UPDATES (best-decay only: updates to decay over, 4300),
+#      INIT (a checkpoint of the same architecture, e.g. an earlier student's average5.pt: the run starts from its
+#      weights, with a fresh optimizer, schedule, epoch count and training clock; a resumed run ignores it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${WORK:-$ROOT/runs/multi30k}"
@@ -58,6 +60,9 @@ fi
 if [ "$CONFIG" = best-sr ] && [ -n "${DATA_BIN:-}" ]; then
   echo "error: best-sr trains on prepare.sh's sampled segmentations of the references: DATA_BIN cannot be used" >&2
   exit 1
+fi
+if [ -n "${INIT:-}" ] && [ ! -f "$INIT" ]; then
+  echo "error: INIT $INIT is missing" >&2; exit 1
 fi
 if [ "$CONFIG" = best-sr ]; then  # fairseq reads epoch e's training data from shard (e - 1) mod (number of shards)
   [ -d "$WORK/data-bin-sampled/1" ] \
@@ -138,6 +143,10 @@ if [[ " ${ARGS[*]} " == *" --autocast-bf16 "* ]]; then  # generic bfloat16 code 
 fi
 
 mkdir -p "$SAVE"
+if [ -n "${INIT:-}" ]; then  # --finetune-from-model alone would keep INIT's training clock (init_checkpoint.py)
+  [ -f "$SAVE/checkpoint_last.pt" ] || python "$ROOT/examples/multi30k/init_checkpoint.py" "$INIT" "$SAVE/init.pt"
+  ARGS+=(--finetune-from-model "$SAVE/init.pt")
+fi
 echo "fairseq-train $DATA ${COMMON[*]} ${ARGS[*]}"
 start=$(date +%s)
 # The console shows the epoch summaries and warnings; on failure, the end of train.log (the whole output).
