@@ -18,6 +18,14 @@ from fairseq_bahdanau import register
 register()  # the allow-list of types fairseq checkpoints hold (compat.py)
 
 
+def save_whole(state: dict, output: str) -> None:
+    """torch.save to OUTPUT by way of a file of this process's own, renamed when whole: a concurrent reader (or a
+    second writer) never sees half a checkpoint."""
+    partial = f"{output}.{os.getpid()}.partial"
+    torch.save(state, partial)
+    os.replace(partial, output)
+
+
 def main() -> None:
     save_dir, count, output = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     epochs = sorted(
@@ -38,9 +46,7 @@ def main() -> None:
                 total[k] += v.double()
     state = torch.load(chosen[-1], map_location="cpu")
     state["model"] = {k: (v / count).to(state["model"][k].dtype) for k, v in total.items()}
-    partial = f"{output}.{os.getpid()}.partial"  # whole, then renamed: a concurrent reader never sees half a file
-    torch.save(state, partial)
-    os.replace(partial, output)
+    save_whole(state, output)
     print(f"averaged {', '.join(os.path.basename(p) for p in chosen)} -> {output}")
 
 

@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from average_checkpoints import save_whole  # this folder's (a script's folder comes first on sys.path)
 from fairseq_bahdanau import register
 
 register()  # the allow-list of types fairseq checkpoints hold (compat.py)
@@ -33,9 +34,7 @@ def main() -> None:
     state["extra_state"] = {"previous_training_time": 0.0,
                             "train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True}}
     state["last_optimizer_state"] = None
-    partial = f"{output}.{os.getpid()}.partial"  # whole, then renamed: a concurrent reader never sees half a file
-    torch.save(state, partial)
-    os.replace(partial, output)
+    save_whole(state, output)
     print(f"{source}'s weights -> {output} (a new run's start: training clock 0, no optimizer state)")
 
 
