@@ -1,120 +1,44 @@
-"""Export a trained model as one TorchScript file that translates without fairseq.
+"""Export a trained model as an ONNX translator: a folder that translates with ONNX Runtime, numpy and
+sentencepiece alone (no torch, no fairseq).
 
     python -m fairseq_bahdanau.export --path checkpoint_best.pt --data data-bin [--spm spm.model] \\
-        --output translator.pt [--source-lang de --target-lang en] [--beam 5 --lenpen 1 ...]
+        --output translator.onnx [--quantize] [--source-lang de --target-lang en] [--beam 5 --lenpen 1 ...]
 
-The file holds fairseq's own ``SequenceGenerator`` scripted with the model (or an ensemble: ``--path a.pt:b.pt``)
-inside a ``Translator`` that maps sentencepiece pieces to token ids and back with the training dictionaries, plus
-the sentencepiece model itself; ``fairseq_bahdanau.serve`` loads it with torch and sentencepiece alone. The
-generation options and their defaults are ``fairseq-interactive``'s, so that the translator writes what
-``fairseq-interactive --bpe sentencepiece --sentencepiece-model spm.model`` writes on its ``D-`` lines (one
-sentence at a time, as fairseq-interactive translates by default).
+The folder ``translator.onnx/`` holds, for each model of the ensemble (``--path a.pt:b.pt``), its encoder and
+its decoder step as ONNX graphs (``graphs.py``; ``modelI.encoder.onnx``, ``modelI.step.onnx``), the
+dictionaries and the generation options in ``translator.json``, and the sentencepiece model
+(``sentencepiece.model``). ``python -m fairseq_bahdanau.serve translator.onnx`` translates with it (also from a
+zip archive of the folder's files); the search is fairseq's, in numpy (``runtime/search.py``), so that in float32
+the translations are what ``fairseq-interactive --bpe sentencepiece --sentencepiece-model spm.model`` prints on
+its ``D-`` lines for the same checkpoints and options.
 
-``--quantize`` gives the decoder's output layer int8 weights (see ``quantize_output_layer``): faster, no longer
-exactly fairseq-interactive's output.
+``--quantize``: int8 weights for every matrix the graphs read (``onnxruntime.quantization.quantize_dynamic``:
+int8 weights, activations quantized per call); faster, and no longer exactly fairseq's translations.
 
-The model's inference path is TorchScript-compatible as it is (``torch.jit.script(model)`` works for every
-attention type and output layer); the hand-written backwards of training are switched off in TorchScript.
+Needs ``pip install 'fairseq_bahdanau[export]'`` (onnx, onnxscript, onnxruntime) beside torch and fairseq.
 """
 
 import argparse
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+import shutil
+import tempfile
+import warnings
+from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from .runtime.files import META_FILE, SPM_FILE, FORMAT
 
 logger = logging.getLogger(__name__)
 
-#: names of the extra files in the exported archive (``torch.jit.save``'s ``_extra_files``)
-META_FILE = "translator.json"
-SPM_FILE = "sentencepiece.model"
-
-
-#: One hypothesis as ``Translator.translate`` returns it: target pieces, fairseq's score (the length-normalised
-#: log-probability), and the attention, T x (S + 1) (target pieces x source pieces and the source's end of
-#: sentence), or an empty tensor where the model has no attention (``--attention-type none``).
-Hypothesis = Tuple[List[str], float, Tensor]
-
-
-class Translator(nn.Module):
-    """A scripted generator with the dictionaries: pieces in, pieces out.
-
-    ``forward(sentences)``: a batch of sentences as lists of pieces (sentencepiece pieces, or the tokens the model
-    was trained on) -> the best translation of each, as a list of target pieces, with the beam size it was
-    exported with. ``translate(sentences, beam, nbest)``: the ``nbest`` best hypotheses of each with a beam of
-    ``beam`` (see ``Hypothesis``). Pieces outside the source dictionary become ``<unk>``; the batch is
-    left-padded as fairseq's translation task pads it.
-    """
-
-    def __init__(self, generator: nn.Module, src_dict, tgt_dict, max_source_positions: int) -> None:
-        super().__init__()
-        self.generator = generator
-        self.source_index: Dict[str, int] = {symbol: i for i, symbol in enumerate(src_dict.symbols)}
-        self.target_symbols: List[str] = list(tgt_dict.symbols)
-        self.pad, self.eos, self.unk = src_dict.pad(), src_dict.eos(), src_dict.unk()
-        self.strip: List[int] = sorted(int(s) for s in generator.symbols_to_strip_from_output)
-        self.max_source_positions = max_source_positions
-        self.default_beam: int = int(generator.beam_size)
-
-    def encode(self, sentences: List[List[str]]) -> Dict[str, Tensor]:
-        """The generator's ``net_input``: left-padded B x S token ids (each sentence ending in EOS), B lengths."""
-        lengths = [len(pieces) + 1 for pieces in sentences]
-        width = max(lengths)
-        if width > self.max_source_positions:
-            raise ValueError(f"a sentence of {width} tokens (with end of sentence) is longer than the model's "
-                             f"{self.max_source_positions} source positions: split it")
-        tokens = torch.full((len(sentences), width), self.pad, dtype=torch.long)
-        for row, pieces in enumerate(sentences):
-            ids = [self.source_index.get(piece, self.unk) for piece in pieces] + [self.eos]
-            tokens[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        return {"src_tokens": tokens, "src_lengths": torch.tensor(lengths, dtype=torch.long)}
-
-    def forward(self, sentences: List[List[str]]) -> List[List[str]]:
-        out: List[List[str]] = []
-        for hypotheses in self.translate(sentences, self.default_beam, 1):
-            out.append(hypotheses[0][0])
-        return out
-
-    @torch.jit.export
-    def translate(self, sentences: List[List[str]], beam: int, nbest: int) -> List[List[Hypothesis]]:
-        """The ``nbest`` (at most ``beam``) best hypotheses of each sentence, best first, searched with a beam of
-        ``beam`` (at most the target vocabulary size - 1)."""
-        if len(sentences) == 0:
-            return []
-        self.generator.beam_size = max(1, min(beam, self.generator.vocab_size - 1))
-        net_input = self.encode(sentences)
-        width = net_input["src_tokens"].size(1)
-        out: List[List[Hypothesis]] = []
-        for row, hypotheses in enumerate(self.generator.forward({"net_input": net_input})):
-            source_length = len(sentences[row]) + 1  # with the end of sentence; left-padded to width
-            found: List[Hypothesis] = []
-            for hypothesis in hypotheses[: max(1, nbest)]:
-                ids: List[int] = hypothesis["tokens"].tolist()
-                kept: List[int] = []
-                pieces: List[str] = []
-                for position, i in enumerate(ids):
-                    if i not in self.strip:
-                        kept.append(position)
-                        pieces.append(self.target_symbols[i])
-                attention = hypothesis["attention"]
-                if attention.numel() > 0:  # S x T (padded source x target positions) -> kept T x real S
-                    attention = attention[width - source_length:, :].t()
-                    attention = attention.index_select(0, torch.tensor(kept, dtype=torch.long)).float()
-                found.append((pieces, float(hypothesis["score"]), attention))
-            out.append(found)
-        return out
-
-
-def build_generator(models: Sequence[nn.Module], task, options: Dict[str, object]) -> nn.Module:
-    """fairseq's ``SequenceGenerator`` for ``models``, as ``task.build_generator`` makes it for
-    ``fairseq-interactive`` with these generation options (fairseq's ``GenerationConfig`` fields)."""
-    from fairseq.dataclass.configs import GenerationConfig
-
-    config = GenerationConfig(**options)
-    return task.build_generator(models, config)
+#: the generation options the command passes on (fairseq's flag names; defaults are fairseq-interactive's)
+OPTIONS = {
+    "beam": int, "max_len_a": float, "max_len_b": int, "min_len": int, "lenpen": float, "unkpen": float,
+    "no_repeat_ngram_size": int, "temperature": float,
+}
 
 
 def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, target_lang: Optional[str] = None):
@@ -134,70 +58,174 @@ def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, tar
     return models, task
 
 
-def quantize_output_layer(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose decoder output layer (the deep output and the vocabulary projection, most of the
-    weights a decoder step reads) has int8 weights, with PyTorch's dynamic quantization: at a few rows per step
-    (one sentence, a small beam) the step is bound by reading weights, so it runs several times faster; the
-    results differ from float32 by the rounding of those weights."""
-    from torch.ao.quantization import quantize_dynamic
+def _export_graph(module: nn.Module, args, names_in: List[str], names_out: List[str], dynamic: Dict[str, Dict[int, str]],
+                  path: str, table, varargs: Optional[int] = None) -> None:
+    """``torch.onnx.export`` (the ``torch.export``-based exporter) of ``module`` on ``args`` to ``path``, every axis
+    named in ``dynamic`` left free; ``varargs``: the position from which ``module.forward`` takes ``*args``."""
+    dims: Dict[str, torch.export.Dim] = {}
 
-    names = {name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name in ("decoder.deep_output", "decoder.output_projection")}
-    return quantize_dynamic(model, names, dtype=torch.qint8)
+    def dim(name: str) -> "torch.export.Dim":
+        if name not in dims:
+            dims[name] = torch.export.Dim(name, min=1, max=1 << 16)
+        return dims[name]
+
+    for name in ("torch.onnx", "onnx_ir", "onnxscript"):  # the exporter's progress reports
+        logging.getLogger(name).setLevel(logging.WARNING)
+    shapes = tuple({axis: dim(name) for axis, name in dynamic.get(arg, {}).items()} or None for arg in names_in)
+    if varargs is not None:
+        shapes = (*shapes[:varargs], shapes[varargs:])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+        program = torch.onnx.export(module, tuple(args), dynamo=True, dynamic_shapes=shapes, input_names=names_in,
+                                    output_names=names_out, custom_translation_table=table, verbose=False,
+                                    optimize=True)
+    program.save(path)
 
 
-def script(models: Sequence[nn.Module], task, options: Dict[str, object],
-           quantize: bool = False) -> torch.jit.ScriptModule:
-    """The ``Translator`` of ``models`` with these generation options, scripted (``quantize``: see
-    ``quantize_output_layer``)."""
+def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> Dict[str, object]:
+    """Write ``model``'s two graphs into ``folder`` as ``PREFIX.encoder.onnx`` and ``PREFIX.step.onnx``;
+    returns what the runtime needs to know of them."""
+    from . import graphs
+
+    problem = graphs.unsupported(model)
+    if problem:
+        raise ValueError(problem)
+    kind = graphs.family(model)
+    encoder_graph, step_graph = graphs.EncoderGraph(model).eval(), graphs.StepGraph(model).eval()
+    table = {torch.ops.fairseq_bahdanau.bigru.default: graphs.bigru_onnx(model.encoder.hidden_size)}
+
+    # example inputs: B = 2 sentences of S = 5 positions, N = 6 hypotheses (distinct sizes keep the axes apart)
+    dictionary = model.encoder.dictionary
+    first = dictionary.nspecial
+    src = torch.full((2, 5), dictionary.pad(), dtype=torch.long)
+    src[0] = torch.tensor([first, first + 1, first, first + 1, dictionary.eos()])
+    src[1, :3] = torch.tensor([first + 1, first, dictionary.eos()])
+    lengths = torch.tensor([5, 3])
+    source_names = graphs.SOURCE_OUTPUTS[kind]
+    encoder_out = ["decoder_init"] + source_names
+    files = {"encoder": f"{prefix}.encoder.onnx", "step": f"{prefix}.step.onnx"}
+    _export_graph(encoder_graph, (src, lengths), ["src_tokens", "src_lengths"], encoder_out,
+                  {"src_tokens": {0: "B", 1: "S"}, "src_lengths": {0: "B"}},
+                  os.path.join(folder, files["encoder"]), table)
+
+    # the step's example source side, of the shapes the encoder graph gives (values do not matter to the export)
+    decoder = model.decoder
+    layers, hidden = decoder.num_layers, decoder.hidden_size
+    rows = 6
+    inputs = [torch.full((rows,), dictionary.eos(), dtype=torch.long), torch.zeros(rows, layers, hidden)]
+    dynamic: Dict[str, Dict[int, str]] = {"prev_tokens": {0: "N"}, "hidden": {0: "N"}}
+    if kind == "luong":
+        inputs.append(torch.zeros(rows, hidden))
+        dynamic["feed"] = {0: "N"}
+    annotations = torch.zeros(2, 5, model.encoder.output_dim)
+    mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    encoder_out_dict = {"encoder_out": [annotations.transpose(0, 1)], "encoder_padding_mask": [mask],
+                        "decoder_init": [torch.zeros(2, layers, hidden)],
+                        "encoder_summary": [torch.zeros(2, model.encoder.output_dim)]}
+    with torch.no_grad():
+        example = decoder._new_source(encoder_out_dict, incremental=False)
+    if kind == "none":
+        inputs += [example.values.repeat_interleave(3, 0), example.gates.repeat_interleave(3, 0)]
+        dynamic.update(context={0: "N"}, gates={0: "N"})
+    else:
+        inputs += [example.keys, example.values, example.mask_bias]
+        dynamic.update(keys={0: "B", 1: "S"}, values={0: "B", 1: "S"}, mask_bias={0: "B", 1: "S"})
+    inputs.append(torch.ones(1))
+    names_in, names_out = graphs.step_io(kind)
+    _export_graph(step_graph, inputs, names_in, names_out, dynamic,
+                  os.path.join(folder, files["step"]), table, varargs=2)
     if quantize:
-        models = [quantize_output_layer(model) for model in models]
-    generator = build_generator(models, task, options)
-    max_source = min(int(model.encoder.max_positions()) for model in models)
-    return torch.jit.script(Translator(generator, task.source_dictionary, task.target_dictionary, max_source))
+        for name in files.values():
+            quantize_graph(os.path.join(folder, name))
+    return {"files": files, "family": kind, "layers": layers, "hidden_size": hidden,
+            "source_outputs": source_names, "step_inputs": names_in, "step_outputs": names_out,
+            "attention": kind != "none"}
+
+
+def quantize_graph(path: str) -> None:
+    """``path``'s graph with int8 weights for every matrix product with a constant matrix and every embedding
+    look-up (ONNX Runtime's dynamic quantization), in place."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path + ".int8"
+    quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+    os.replace(quantized, path)
 
 
 def export(paths: Sequence[str], data: str, output: str, spm: Optional[str] = None,
            source_lang: Optional[str] = None, target_lang: Optional[str] = None,
            options: Optional[Dict[str, object]] = None, quantize: bool = False) -> None:
-    """Write the translator of the checkpoints ``paths`` to ``output`` (see the module docstring)."""
-    options = dict(options or {})
+    """Write the ONNX translator of the checkpoints ``paths`` to the folder ``output`` (see the module
+    docstring)."""
+    from . import graphs
+
     models, task = load(paths, data, source_lang, target_lang)
-    translator = script(models, task, options, quantize)
-    extra = {META_FILE: json.dumps({
-        "checkpoints": [os.path.abspath(p) for p in paths],
-        "source_lang": task.cfg.source_lang,
-        "target_lang": task.cfg.target_lang,
-        "generation": options,
-        "quantized": quantize,
-        "sentencepiece": spm is not None,
-        "attention": all(model.decoder.attention is not None for model in models),
-    })}
-    if spm is not None:
-        with open(spm, "rb") as f:
-            extra[SPM_FILE] = f.read()
-    tmp = output + ".tmp"
-    torch.jit.save(translator, tmp, _extra_files=extra)
-    os.replace(tmp, output)  # never a half-written translator under the output's name
+    for path, model in zip(paths, models):
+        problem = graphs.unsupported(model)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+    write_translator(models, task.source_dictionary, task.target_dictionary, output, spm, options, quantize,
+                     {"checkpoints": [os.path.abspath(p) for p in paths], "source_lang": task.cfg.source_lang,
+                      "target_lang": task.cfg.target_lang})
 
 
-#: the generation options the command passes on (fairseq's flag names; defaults are fairseq's)
-OPTIONS = {
-    "beam": int, "max_len_a": float, "max_len_b": int, "min_len": int, "lenpen": float, "unkpen": float,
-    "no_repeat_ngram_size": int, "temperature": float,
-}
+def write_translator(models: Sequence[nn.Module], src_dict, tgt_dict, output: str, spm: Optional[str] = None,
+                     options: Optional[Dict[str, object]] = None, quantize: bool = False,
+                     about: Optional[Dict[str, object]] = None) -> None:
+    """Write the translator of ``models`` (an ensemble, in eval mode) with these dictionaries to the folder
+    ``output``; ``about``: more entries for ``translator.json`` (the checkpoints, the languages). The folder
+    appears whole or not at all: it is written beside ``output`` and then renamed (an earlier translator there
+    is replaced)."""
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(output) and not (os.path.isdir(output) and os.path.isfile(os.path.join(output, META_FILE))):
+        raise ValueError(f"{output} exists and is not a translator folder: remove it or choose another --output")
+    work = tempfile.mkdtemp(prefix=os.path.basename(output) + ".", suffix=".tmp", dir=parent)
+    try:
+        described = [export_model(model, work, f"model{i}", quantize) for i, model in enumerate(models)]
+        meta = {
+            "format": FORMAT,
+            **(about or {}),
+            "generation": dict(options or {}),
+            "quantized": quantize,
+            "sentencepiece": spm is not None,
+            "attention": all(m["attention"] for m in described),
+            "models": described,
+            "source_symbols": list(src_dict.symbols),
+            "target_symbols": list(tgt_dict.symbols),
+            "source_special": {"pad": src_dict.pad(), "eos": src_dict.eos(), "unk": src_dict.unk()},
+            "target_special": {"pad": tgt_dict.pad(), "eos": tgt_dict.eos(), "unk": tgt_dict.unk()},
+            # fairseq-interactive strips the end of sentence (its generator's symbols_to_strip_from_output)
+            "strip": [tgt_dict.eos()],
+            "max_source_positions": min(int(model.encoder.max_positions()) for model in models),
+            "max_decoder_positions": min(int(model.decoder.max_positions()) for model in models),
+        }
+        with open(os.path.join(work, META_FILE), "w", encoding="utf-8") as f:
+            json.dump(meta, f, ensure_ascii=False)
+        if spm is not None:
+            shutil.copyfile(spm, os.path.join(work, SPM_FILE))
+        if os.path.isdir(output):
+            old = output + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(output, old)
+            os.replace(work, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", required=True, help="checkpoint(s), colon-separated for an ensemble")
     parser.add_argument("--data", required=True, help="the data directory the model was trained on (its dict.*.txt)")
-    parser.add_argument("--output", required=True, help="the translator file to write")
+    parser.add_argument("--output", required=True, help="the translator folder to write (e.g. translator.onnx)")
     parser.add_argument("--spm", help="the sentencepiece model the data was segmented with (omit for data that was "
                                       "not: the translator then reads and writes space-separated tokens)")
     parser.add_argument("--quantize", action="store_true",
-                        help="int8 weights for the decoder's output layer: several times faster one sentence at a "
-                             "time on CPUs; translations may differ slightly from the float32 model's")
+                        help="int8 weights for every matrix the graphs read: several times faster on CPUs; "
+                             "translations may differ slightly from the float32 model's")
     parser.add_argument("--source-lang")
     parser.add_argument("--target-lang")
     for name, kind in OPTIONS.items():
@@ -209,8 +237,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not os.path.isfile(path):
             parser.error(f"no such file: {path}")
     options = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
-    export(args.path.split(":"), args.data, args.output, args.spm, args.source_lang, args.target_lang, options,
-           args.quantize)
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            parser.exit(1, f"error: the ONNX export needs {name}: pip install 'fairseq_bahdanau[export]'\n")
+    try:
+        export(args.path.split(":"), args.data, args.output, args.spm, args.source_lang, args.target_lang,
+               options, args.quantize)
+    except ValueError as problem:
+        parser.exit(1, f"error: {problem}\n")
     print(f"wrote {args.output}")
 
 

@@ -1,7 +1,7 @@
-"""Translate with an exported translator (``fairseq_bahdanau.export``): torch and sentencepiece, no fairseq.
+"""Translate with an exported translator (``fairseq_bahdanau.export``): ONNX Runtime, numpy and sentencepiece.
 
-    python -m fairseq_bahdanau.serve translator.pt < input.de > output.en            # the line filter
-    python -m fairseq_bahdanau.serve --port 8000 attention.pt [encdec.pt ...]        # the HTTP service and page
+    python -m fairseq_bahdanau.serve translator.onnx < input.de > output.en          # the line filter
+    python -m fairseq_bahdanau.serve --port 8000 attention.onnx [encdec.onnx ...]    # the HTTP service and page
 
 The filter: one line in, one line out, in order; the output is what ``fairseq-interactive`` prints on its ``D-``
 lines for the same checkpoint, except that an empty or all-blank line gives an empty line (fairseq-interactive
@@ -10,12 +10,13 @@ and a message on stderr naming it, and the lines after it are translated (the ex
 ``--port``: ``fairseq_bahdanau.service`` (needs ``pip install .[serve]``). In Python:
 
     from fairseq_bahdanau.serve import load
-    translate = load("translator.pt")
+    translate = load("translator.onnx")
     translate(["Ein Mann fährt Fahrrad."])  # -> ["A man is riding a bike."]
     translate.details(["Ein Mann fährt Fahrrad."], beam=5, nbest=3)  # -> [Translation(...)]
 
-This module imports nothing of fairseq (nor does the package or ``export`` at import), so it and the
-translator file are all a deployment needs besides torch and sentencepiece.
+This module imports neither torch nor fairseq (nor does the package at import): a deployment needs
+``onnxruntime``, ``numpy`` and ``sentencepiece`` (``pip install onnxruntime numpy sentencepiece`` and
+``pip install --no-deps fairseq_bahdanau``), and the translator folder.
 """
 
 import argparse
@@ -23,9 +24,9 @@ import json
 import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
-import torch
+import numpy as np
 
-from .export import META_FILE, SPM_FILE
+from .runtime.translator import OnnxTranslator
 
 #: the word-boundary mark of sentencepiece pieces
 WORD_START = "\u2581"
@@ -80,8 +81,8 @@ def word_attention(pieces: Attention, sentencepiece: bool) -> Attention:
     source = pieces.source[:-1]  # the last column is the end of sentence
     source_spans = word_spans(source, sentencepiece) + [(len(source), len(source) + 1)]
     target_spans = word_spans(pieces.target, sentencepiece)
-    matrix = torch.tensor(pieces.weights, dtype=torch.float64).view(len(pieces.target), len(pieces.source))
-    columns = torch.stack([matrix[:, a:b].sum(1) for a, b in source_spans], dim=1)
+    matrix = np.asarray(pieces.weights, dtype=np.float64).reshape(len(pieces.target), len(pieces.source))
+    columns = np.stack([matrix[:, a:b].sum(1) for a, b in source_spans], axis=1)
     rows = [columns[a:b].mean(0) for a, b in target_spans]
 
     def joined(word: List[str]) -> str:
@@ -95,40 +96,27 @@ def word_attention(pieces: Attention, sentencepiece: bool) -> Attention:
 
 
 class LoadedTranslator:
-    """Text in, text out: sentencepiece encoding, the scripted translator, and fairseq's decoding of pieces."""
+    """Text in, text out: sentencepiece encoding, the ONNX translator (``runtime.translator``), and fairseq's
+    decoding of pieces. One instance may be used by several threads at once."""
 
     def __init__(self, path: str, threads: Optional[int] = None) -> None:
-        extra: Dict[str, bytes] = {META_FILE: b"", SPM_FILE: b""}
-        try:
-            self.module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-        except RuntimeError as error:
-            raise ValueError(f"{path} is not a translator written by fairseq_bahdanau.export ({error})") from None
-        if not extra[META_FILE]:
-            raise ValueError(f"{path} is a TorchScript file but not a translator written by fairseq_bahdanau.export")
+        self.translator = OnnxTranslator(path, threads)
         self.path = path
-        self.meta = json.loads(extra[META_FILE])
-        self.module.eval()
+        self.meta = self.translator.meta
         self.sp = None
-        if self.meta["sentencepiece"]:
+        if self.translator.sentencepiece is not None:
             import sentencepiece
 
-            self.sp = sentencepiece.SentencePieceProcessor(model_proto=extra[SPM_FILE])
-        if threads:
-            torch.set_num_threads(threads)
+            self.sp = sentencepiece.SentencePieceProcessor(model_proto=self.translator.sentencepiece)
 
     @property
     def max_source_positions(self) -> int:
-        return int(self.module.max_source_positions)
+        return self.translator.max_source_positions
 
     @property
     def default_beam(self) -> int:
         """The beam the translator was exported with (fairseq's default 5 where it has no record)."""
-        return int(self.meta.get("generation", {}).get("beam", 5))
-
-    @property
-    def detailed(self) -> bool:
-        """Whether the file offers n-best lists, scores and attention (translators exported since they exist)."""
-        return hasattr(self.module, "translate")
+        return self.translator.default_beam
 
     def pieces(self, line: str) -> List[str]:
         """fairseq-interactive's reading of a line: stripped, sentencepiece pieces (or whitespace tokens)."""
@@ -161,18 +149,14 @@ class LoadedTranslator:
         todo = [i for i, p in enumerate(pieces) if p]
         out = [""] * len(pieces)
         if todo:
-            with torch.no_grad():
-                for i, hypothesis in zip(todo, self.module([pieces[i] for i in todo])):
-                    out[i] = self.text(hypothesis)
+            for i, hypotheses in zip(todo, self.translator.translate([pieces[i] for i in todo])):
+                out[i] = self.text(hypotheses[0].pieces)
         return out
 
     def details(self, lines: List[str], beam: Optional[int] = None, nbest: int = 1) -> List[Translation]:
         """Translate lines together, each with its n-best list (``nbest`` <= ``beam``) and attention. A line that
         cannot be translated gets a ``Translation`` with ``error`` set, and the others are translated; an empty
         or all-blank line gets an empty translation."""
-        if not self.detailed:
-            raise ValueError(f"{self.path} was exported before translators had n-best lists and attention: "
-                             "export it again with this version")
         beam = self.default_beam if beam is None else beam
         pieces = [self.pieces(line) for line in lines]
         out: List[Translation] = [Translation("", [], None, None) for _ in lines]
@@ -184,8 +168,7 @@ class LoadedTranslator:
             elif p:
                 todo.append(i)
         if todo:
-            with torch.no_grad():
-                results = self.module.translate([pieces[i] for i in todo], beam, nbest)
+            results = self.translator.translate([pieces[i] for i in todo], beam, nbest)
             for i, hypotheses in zip(todo, results):
                 out[i] = self._translation(pieces[i], hypotheses)
         return out
@@ -193,7 +176,7 @@ class LoadedTranslator:
     def _translation(self, source: List[str], hypotheses) -> Translation:
         nbest = [Hypothesis(self.text(target), round(float(score), 6)) for target, score, _ in hypotheses]
         target, _, matrix = hypotheses[0]
-        if matrix.numel() == 0:  # a model without attention
+        if matrix is None:  # a model without attention
             return Translation(nbest[0].text, nbest, None, None)
         pieces = Attention(source + [END], list(target), [[round(float(w), 6) for w in row] for row in matrix.tolist()])
         return Translation(nbest[0].text, nbest, word_attention(pieces, self.sp is not None), pieces)
@@ -242,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="the file(s) fairseq_bahdanau.export wrote (the filter takes one)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="lines translated together (default 1, as fairseq-interactive)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: ONNX Runtime's, the machine's cores)")
     parser.add_argument("--port", type=int, help="serve HTTP on this port (the JSON API and the page) instead of "
                                                  "filtering standard input")
     parser.add_argument("--host", default="127.0.0.1", help="with --port: the address to listen on")

@@ -1,0 +1,173 @@
+"""The model as two ONNX graphs: the encoder, once per batch, and one decoder step, once per target position.
+
+``export.py`` writes them with ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter) from
+the two modules below, which call the model's own code (the decoder family's ``_new_source``, ``_step``,
+``_features`` and ``output_layer``), so that the graphs compute what fairseq's generator computes. The search
+runs outside them, in numpy (``runtime/search.py``).
+
+``EncoderGraph``: ``src_tokens`` B x S (right-padded, each sentence ending in end of sentence), ``src_lengths`` B
+-> ``decoder_init`` B x L x H and the decoder family's source side (``SOURCE_OUTPUTS``):
+
+* additive, dot, general: ``keys`` B x S x A, ``values`` B x S x V and ``mask_bias`` B x S (0, or -inf at
+  padding), one row per sentence: the step reads them for a group of hypotheses per sentence;
+* none (the fixed context): ``context`` B x C and ``gates`` B x 3H, which the runtime repeats for every hypothesis.
+
+``StepGraph``: ``prev_tokens`` N, ``hidden`` N x L x H, Luong's ``feed`` N x H (dot, general), the source side,
+``temperature`` (1) -> ``lprobs`` N x V (``log_softmax(logits / temperature)``, as fairseq's ensemble scores a
+step), ``hidden`` and ``feed`` after the step, and ``attn`` N x S (attention families). With attention the N
+hypotheses come in B groups of N / B, group b reading row b of the source side.
+
+The bidirectional GRU is ONNX's ``GRU`` operator (``linear_before_reset=1`` is PyTorch's GRU;
+``sequence_lens`` makes it exact for every sentence of a padded batch, the backward direction starting at each
+sentence's own end): the exporter's own translation of ``nn.GRU`` fixes the time axis to the example's length,
+so the encoder calls it through a custom operator (``fairseq_bahdanau::bigru``) translated by ``bigru_onnx``.
+Layer-normalised GRUs (``--layer-norm``) have no ONNX operator and are refused (``unsupported``).
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: the encoder graph's outputs after ``decoder_init``, by decoder family
+SOURCE_OUTPUTS = {"additive": ["keys", "values", "mask_bias"], "luong": ["keys", "values", "mask_bias"],
+                  "none": ["context", "gates"]}
+
+
+def family(model: nn.Module) -> str:
+    """``additive``, ``luong`` (dot, general) or ``none``: which source side and state the decoder has."""
+    kind = str(model.decoder.attention_type)
+    return {"additive": "additive", "dot": "luong", "general": "luong", "none": "none"}[kind]
+
+
+def unsupported(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot be exported as ONNX graphs, or None."""
+    if getattr(model.encoder, "norms", None) is not None:
+        return ("the model was trained with --layer-norm: ONNX has no GRU with normalised gates, so the ONNX "
+                "export does not cover it (translate it with fairseq-interactive)")
+    if str(getattr(model.decoder, "attention_type", "")) not in ("additive", "dot", "general", "none"):
+        return f"unknown --attention-type {model.decoder.attention_type!r}"
+    return None
+
+
+@torch.library.custom_op("fairseq_bahdanau::bigru", mutates_args=())
+def bigru(x: Tensor, lengths: Tensor, w: Tensor, r: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """ONNX's bidirectional ``GRU`` (export only): x S x B x I, lengths B, weights in ONNX's layout -> Y
+    S x 2 x B x H (zero past each sentence's length), Y_h 2 x B x H."""
+    raise NotImplementedError("fairseq_bahdanau::bigru exists only to be exported to ONNX")
+
+
+@bigru.register_fake
+def _bigru_shapes(x: Tensor, lengths: Tensor, w: Tensor, r: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    steps, bsz, hidden = x.size(0), x.size(1), r.size(-1)
+    return x.new_empty(steps, 2, bsz, hidden), x.new_empty(2, bsz, hidden)
+
+
+def bigru_onnx(hidden_size: int):
+    """The ONNX translation of ``bigru`` for GRUs of ``hidden_size`` (onnxscript)."""
+    from onnx import TensorProto
+    from onnxscript import opset18 as op
+
+    def translate(x, lengths, w, r, b):
+        return op.GRU(x, w, r, b, op.Cast(lengths, to=TensorProto.INT32), hidden_size=hidden_size,
+                      direction="bidirectional", linear_before_reset=1)
+
+    return translate
+
+
+def _onnx_gates(t: Tensor, hidden: int) -> Tensor:
+    """PyTorch's gate order (reset, update, new) -> ONNX's (update, reset, hidden), along the first axis."""
+    return torch.cat([t[hidden: 2 * hidden], t[:hidden], t[2 * hidden:]])
+
+
+class EncoderGraph(nn.Module):
+    """The encoder and the decoder's source side (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        encoder = model.encoder
+        self.embed_tokens = encoder.embed_tokens
+        self.init_state = encoder.init_state
+        self.decoder = model.decoder
+        self.decoder_layers = encoder.decoder_layers
+        self.decoder_hidden_size = encoder.decoder_hidden_size
+        self.hidden_size = encoder.hidden_size
+        self.family = family(model)
+        gru, hidden = encoder.gru, encoder.hidden_size
+        for layer in range(gru.num_layers):
+            w, r, b = [], [], []
+            for suffix in ("", "_reverse"):
+                def get(name: str) -> Tensor:
+                    return getattr(gru, f"{name}_l{layer}{suffix}").detach()
+
+                w.append(_onnx_gates(get("weight_ih"), hidden))
+                r.append(_onnx_gates(get("weight_hh"), hidden))
+                b.append(torch.cat([_onnx_gates(get("bias_ih"), hidden), _onnx_gates(get("bias_hh"), hidden)]))
+            self.register_buffer(f"w{layer}", torch.stack(w).contiguous())
+            self.register_buffer(f"r{layer}", torch.stack(r).contiguous())
+            self.register_buffer(f"b{layer}", torch.stack(b).contiguous())
+        self.layers = gru.num_layers
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor) -> Tuple[Tensor, ...]:
+        bsz, steps = src_tokens.shape
+        x = self.embed_tokens(src_tokens).transpose(0, 1)  # S x B x E
+        final = x.new_zeros(2, bsz, self.hidden_size)
+        for layer in range(self.layers):
+            y, final = bigru(x, src_lengths, getattr(self, f"w{layer}"), getattr(self, f"r{layer}"),
+                             getattr(self, f"b{layer}"))
+            x = y.permute(0, 2, 1, 3).reshape(steps, bsz, 2 * self.hidden_size)  # S x B x 2H: [h->_j; h<-_j]
+        top = torch.cat([final[0], final[1]], dim=1)  # B x 2H: [h->_Tx; h<-_1]
+        init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
+        padding_mask = torch.arange(steps).unsqueeze(0) >= src_lengths.unsqueeze(1)  # B x S
+        encoder_out = {"encoder_out": [x], "encoder_padding_mask": [padding_mask], "decoder_init": [init],
+                       "encoder_summary": [top]}
+        source = self.decoder._new_source(encoder_out, incremental=False)
+        if self.family == "none":
+            assert source.gates is not None
+            return init, source.values, source.gates
+        assert source.keys is not None and source.mask_bias is not None
+        return init, source.keys, source.values, source.mask_bias
+
+
+class StepGraph(nn.Module):
+    """One decoder step for N hypotheses (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.family = family(model)
+
+    def forward(self, prev_tokens: Tensor, hidden: Tensor, *rest: Tensor) -> Tuple[Tensor, ...]:
+        from .decoder import Source, State
+
+        decoder = self.decoder
+        feed: Optional[Tensor] = None
+        if self.family == "luong":
+            feed, rest = rest[0], rest[1:]
+        temperature = rest[-1]
+        if self.family == "none":
+            source = Source(rest[0], gates=rest[1])  # one row per hypothesis (the runtime repeats them)
+        else:
+            keys, values, mask_bias = rest[0], rest[1], rest[2]
+            source = Source(values, keys, mask_bias)
+        emb = decoder.embed_tokens(prev_tokens)  # N x E
+        state = State(list(hidden.unbind(1)), feed)
+        step = decoder._step(decoder.layers[0].embedding_gates(emb), decoder._weights(1), state, source)
+        context_t = None if step.context is None else step.context.unsqueeze(1)
+        features = decoder._features(step.output.unsqueeze(1), context_t, emb.unsqueeze(1)).squeeze(1)
+        lprobs = F.log_softmax(decoder.output_layer(features).float() / temperature, dim=-1)
+        outputs: List[Tensor] = [lprobs, torch.stack(step.state.hidden, dim=1)]
+        if step.state.feed is not None:
+            outputs.append(step.state.feed)
+        if step.attn is not None:
+            outputs.append(step.attn)
+        return tuple(outputs)
+
+
+def step_io(kind: str) -> Tuple[List[str], List[str]]:
+    """The step graph's input and output names for a decoder family."""
+    inputs = ["prev_tokens", "hidden"] + (["feed"] if kind == "luong" else []) + SOURCE_OUTPUTS[kind] + ["temperature"]
+    outputs = ["lprobs", "hidden_out"] + (["feed_out"] if kind == "luong" else []) + ([] if kind == "none" else ["attn"])
+    return inputs, outputs
+
