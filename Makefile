@@ -15,12 +15,13 @@ PY     := $(VENV)/bin/python
 setup: $(VENV)/.installed
 
 # torch first (whichever build pip resolves: a local file, PyPI's CUDA build, or TORCH_INDEX's), then fairseq
-# built against it (--no-build-isolation: no second torch), then this package with its test, plot and serve extras.
+# built against it (--no-build-isolation: no second torch), then this package with its test, plot, serve and export
+# extras (export: the ONNX exporter and ONNX Runtime).
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
 	$(PIP) -q numpy cython setuptools wheel
-	$(PIP) -q --no-build-isolation -e ".[test,plot,serve]"
+	$(PIP) -q --no-build-isolation -e ".[test,plot,serve,export]"
 	$(PY) -c "import torch, fairseq, fairseq_bahdanau; print('set up: Python', __import__('platform').python_version(), '| torch', torch.__version__, '| fairseq', fairseq.__version__)"
 	touch $@
 

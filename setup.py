@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=["fairseq_bahdanau"],
+    packages=["fairseq_bahdanau", "fairseq_bahdanau.runtime"],
     python_requires=">=3.10",
     install_requires=[
         # the Makefile's constraints.txt pins torch 2.13.0, CPU or CUDA build; any torch fairseq accepts works.
@@ -21,7 +21,12 @@ setup(
     extras_require={
         "test": ["pytest", "selenium"],
         "plot": ["matplotlib"],
-        # the HTTP service (python -m fairseq_bahdanau.serve --port P): the filter needs torch and sentencepiece only
+        # the ONNX export (python -m fairseq_bahdanau.export): torch's exporter and ONNX Runtime's quantization
+        "export": ["onnx>=1.16", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        # a deployment without torch or fairseq (the filter and load()): pip install --no-deps fairseq_bahdanau
+        # first, then these (pip install onnxruntime numpy sentencepiece)
+        "runtime": ["onnxruntime>=1.20", "numpy", "sentencepiece"],
+        # the HTTP service (python -m fairseq_bahdanau.serve --port P) on top of the runtime
         "serve": ["starlette>=0.37", "uvicorn>=0.29"],
     },
     package_data={"fairseq_bahdanau": ["static/*"]},

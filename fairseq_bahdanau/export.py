@@ -91,6 +91,7 @@ def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> 
     if problem:
         raise ValueError(problem)
     kind = graphs.family(model)
+    model = graphs.split_inputs(model)
     encoder_graph, step_graph = graphs.EncoderGraph(model).eval(), graphs.StepGraph(model).eval()
     table = {torch.ops.fairseq_bahdanau.bigru.default: graphs.bigru_onnx(model.encoder.hidden_size)}
 

@@ -76,6 +76,42 @@ def bigru_onnx(hidden_size: int):
     return translate
 
 
+class _SplitInputCell(nn.Module):
+    """The decoder's first GRU cell (``gru.FedGRUCell``) with its input weights kept as two tensors, the
+    embedding's part and the fed part, so that each is a whole constant matrix in the graphs (a slice of one
+    would be computed at run time, and ONNX Runtime's quantization would leave it in float32)."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+        embed_dim = cell.embed_dim
+        self.embedding_weight = nn.Parameter(cell.weight_ih[:, :embed_dim].detach().clone(), requires_grad=False)
+        self.fed_weight = nn.Parameter(cell.weight_ih[:, embed_dim:].detach().clone(), requires_grad=False)
+        self.weight_hh, self.bias_hh, self.bias_ih = cell.weight_hh, cell.bias_hh, cell.bias_ih
+
+    def embedding_gates(self, emb: Tensor) -> Tensor:
+        return F.linear(emb, self.embedding_weight, self.bias_ih)
+
+    @property
+    def feed_weight(self) -> Tensor:
+        return self.fed_weight
+
+    def feed_gates(self, fed: Tensor) -> Tensor:
+        return F.linear(fed, self.fed_weight)
+
+    def update(self, input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
+        return self.cell.update(input_gates, hidden_gates, hidden)
+
+
+def split_inputs(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for export, whose decoder's first cell is a ``_SplitInputCell``."""
+    import copy
+
+    model = copy.deepcopy(model)
+    model.decoder.layers[0] = _SplitInputCell(model.decoder.layers[0])
+    return model
+
+
 def _onnx_gates(t: Tensor, hidden: int) -> Tensor:
     """PyTorch's gate order (reset, update, new) -> ONNX's (update, reset, hidden), along the first axis."""
     return torch.cat([t[hidden: 2 * hidden], t[:hidden], t[2 * hidden:]])

@@ -83,5 +83,5 @@ def translators(pieces_model, tmp_path_factory) -> Translators:
     for name, checkpoint in (("attention", ckpt / "checkpoint_best.pt"),
                              ("encdec", root / "encdec-ckpt" / "checkpoint_best.pt")):
         run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", str(checkpoint), "--data", str(data),
-            "--spm", str(spm), "--output", str(root / f"{name}.pt"))
-    return Translators(root / "attention.pt", root / "encdec.pt", raw)
+            "--spm", str(spm), "--output", str(root / f"{name}.onnx"))
+    return Translators(root / "attention.onnx", root / "encdec.onnx", raw)

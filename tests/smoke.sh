@@ -25,8 +25,8 @@ fairseq-generate "$DIR/bin" --user-dir "$ROOT/fairseq_bahdanau" --path "$DIR/ckp
 [ "$(grep -c '^H-' "$DIR/generate.out")" = 20 ] || { echo "smoke: generate did not translate all 20 sentences"; exit 1; }
 step "export"
 python -m fairseq_bahdanau.export --path "$DIR/ckpt/checkpoint_best.pt" --data "$DIR/bin" \
-  --output "$DIR/translator.pt" > "$DIR/export.log" 2>&1 || { tail -20 "$DIR/export.log"; exit 1; }
+  --output "$DIR/translator.onnx" > "$DIR/export.log" 2>&1 || { tail -20 "$DIR/export.log"; exit 1; }
 step "serve"
-python -m fairseq_bahdanau.serve "$DIR/translator.pt" < "$DIR/raw/test.src" > "$DIR/served.txt"
+python -m fairseq_bahdanau.serve "$DIR/translator.onnx" < "$DIR/raw/test.src" > "$DIR/served.txt"
 [ "$(wc -l < "$DIR/served.txt")" = 20 ] || { echo "smoke: serve did not answer every line"; exit 1; }
 step "passed"

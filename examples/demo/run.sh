@@ -55,10 +55,11 @@ python -m fairseq_bahdanau.length_analysis --source "$DIR/raw/test.src" --refere
 echo "== 8. a few translations with their alignments (source word -> target word)"
 python "$HERE/show_alignments.py" "$DIR/generate.attention.out" 3
 
-echo "== 9. both models exported as translators (torch + sentencepiece, no fairseq) -> $DIR/attention.pt, $DIR/encdec.pt"
+echo "== 9. both models exported as ONNX translators (ONNX Runtime + numpy, no torch) -> $DIR/attention.onnx, $DIR/encdec.onnx"
 for name in attention encdec; do
   python -m fairseq_bahdanau.export --path "$DIR/checkpoints/$name/checkpoint_best.pt" --data "$DIR/bin" \
-    --source-lang src --target-lang tgt --output "$DIR/$name.pt" > "$DIR/export.$name.log" 2>&1
+    --source-lang src --target-lang tgt --output "$DIR/$name.onnx" > "$DIR/export.$name.log" 2>&1 \
+    || { tail -20 "$DIR/export.$name.log"; exit 1; }
 done
-echo "  the page, side by side:  python -m fairseq_bahdanau.serve --port 8000 $DIR/attention.pt $DIR/encdec.pt"
+echo "  the page, side by side:  python -m fairseq_bahdanau.serve --port 8000 $DIR/attention.onnx $DIR/encdec.onnx"
 echo "                           then open http://127.0.0.1:8000/ and paste a line of $DIR/raw/test.src"

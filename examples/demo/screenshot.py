@@ -3,7 +3,7 @@ translated in Debian's chromium (headless, through selenium), the page saved as 
 
     python examples/demo/screenshot.py runs/demo docs/figures/service_page.png [LINE_NUMBER]
 
-Needs `make demo` first (runs/demo/attention.pt, encdec.pt and raw/test.src), chromium and chromedriver.
+Needs `make demo` first (runs/demo/attention.onnx, encdec.onnx and raw/test.src), chromium and chromedriver.
 """
 
 import os
@@ -26,7 +26,7 @@ def main() -> None:
     sentence = open(os.path.join(demo, "raw", "test.src"), encoding="utf-8").read().splitlines()[line]
     port = 8765
     server = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.serve", "--port", str(port),
-                               os.path.join(demo, "attention.pt"), os.path.join(demo, "encdec.pt")],
+                               os.path.join(demo, "attention.onnx"), os.path.join(demo, "encdec.onnx")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
