@@ -182,6 +182,9 @@ def write_translator(models: Sequence[nn.Module], src_dict, tgt_dict, output: st
     if os.path.exists(output) and not (os.path.isdir(output) and os.path.isfile(os.path.join(output, META_FILE))):
         raise ValueError(f"{output} exists and is not a translator folder: remove it or choose another --output")
     work = tempfile.mkdtemp(prefix=os.path.basename(output) + ".", suffix=".tmp", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # a folder like any other (mkdtemp makes it private)
     try:
         described = [export_model(model, work, f"model{i}", quantize) for i, model in enumerate(models)]
         meta = {

@@ -1,6 +1,6 @@
 """The translation service: exported translators behind HTTP, with a page that shows what attention does.
 
-    python -m fairseq_bahdanau.serve --port 8000 attention.pt [encdec.pt ...]   (pip install .[serve])
+    python -m fairseq_bahdanau.serve --port 8000 attention.onnx [encdec.onnx ...]   (pip install .[serve])
 
 Endpoints (JSON in and out; every error is a JSON object ``{"error": MESSAGE}`` with a 4xx or 503 status):
 
@@ -20,7 +20,7 @@ Endpoints (JSON in and out; every error is a JSON object ``{"error": MESSAGE}`` 
 Bad input: invalid JSON or text that is not UTF-8 (400), a body over ``--max-body-bytes`` or more lines than
 ``--max-lines`` (413), an unknown model (404), a ``beam`` or ``nbest`` out of range or a ``text`` that is not a
 list of strings (422). Requests that arrive together are translated together, per model, beam and n-best, up to
-``--max-batch-lines`` lines, by one worker thread; at most ``--max-queue`` requests wait, and one more gets 503
+``--max-batch-lines`` lines, by ``--workers`` worker threads (default 1); at most ``--max-queue`` requests wait, and one more gets 503
 with ``Retry-After``. SIGTERM (or Ctrl-C) stops taking connections and finishes the requests in flight (uvicorn's
 graceful shutdown) before the process exits.
 """
@@ -49,6 +49,7 @@ class Limits:
     max_beam: int = 16
     max_queue: int = 64  # requests waiting for the worker
     max_batch_lines: int = 64  # lines translated together
+    workers: int = 1  # batches translated at once, each in its own thread (the translators are shared)
     retry_after: int = 1  # seconds, in 503 answers
 
 
@@ -71,8 +72,8 @@ class Job:
 
 
 class Batcher:
-    """Translates the lines of requests that arrive together in one batch per (model, beam, nbest), in one
-    worker thread (the translators are not shared between threads). At most ``max_queue`` requests wait; a
+    """Translates the lines of requests that arrive together in one batch per (model, beam, nbest), in
+    ``workers`` threads (ONNX Runtime's sessions are shared by them). At most ``max_queue`` requests wait; a
     request whose key differs from the batch being formed keeps its place for a later batch."""
 
     def __init__(self, translators: Dict[str, LoadedTranslator], limits: Limits) -> None:
@@ -80,19 +81,22 @@ class Batcher:
         self.limits = limits
         self.waiting: Deque[Job] = collections.deque()
         self.arrived = asyncio.Event()
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="translate")
-        self.task: Optional["asyncio.Task[None]"] = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, limits.workers),
+                                                              thread_name_prefix="translate")
+        self.tasks: List["asyncio.Task[None]"] = []
         self.batches = 0  # batches translated so far (GET /health)
         self.lines = 0  # lines translated so far
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._work())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._work()) for _ in range(max(1, self.limits.workers))]
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
             try:
-                await self.task
+                await task
             except asyncio.CancelledError:
                 pass
         self.executor.shutdown(wait=True)
@@ -302,19 +306,14 @@ def build_app(translators: Dict[str, LoadedTranslator], limits: Optional[Limits]
 
 
 def load_translators(paths: List[str], threads: Optional[int] = None) -> Dict[str, LoadedTranslator]:
-    """name -> translator: a file's name without its extension (made unique), in the order given. Refuses files
-    exported before translators had n-best lists and attention."""
+    """name -> translator: a file's (or folder's) name without its extension (made unique), in the order given."""
     translators: Dict[str, LoadedTranslator] = {}
     for path in paths:
         base = os.path.splitext(os.path.basename(path))[0] or "model"
         name, n = base, 2
         while name in translators:
             name, n = f"{base}-{n}", n + 1
-        translator = load(path, threads)
-        if not translator.detailed:
-            raise ValueError(f"{path} was exported before translators had n-best lists and attention: export it "
-                             "again with this version")
-        translators[name] = translator
+        translators[name] = load(path, threads)
     return translators
 
 
@@ -324,7 +323,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("translators", nargs="+", metavar="translator")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--threads", type=int, help="CPU threads of the translating worker (default: torch's)")
+    parser.add_argument("--threads", type=int, help="CPU threads of each translation (ONNX Runtime's intra-op "
+                                                    "threads; default: the machine's cores)")
     defaults = Limits()
     for name, value in defaults.__dict__.items():
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"default {value}")

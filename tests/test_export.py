@@ -236,3 +236,27 @@ def test_translator_in_python_int8_and_bad_files(pieces_model, tmp_path):
                 str(data), "--output", str(clash), check=False)
     assert taken.returncode == 1 and "exists and is not a translator folder" in taken.stderr
     assert clash.read_text() == "keep me" and not list(tmp_path.glob("file.onnx.*"))
+
+
+def test_latency_benchmark_times_trained_translators(pieces_model):
+    """examples/benchmark/latency.py --trained: every checkpoint (and an ensemble) exported as ONNX at beam 5 and
+    greedy, with its int8 twin, timed on real sentences; a missing checkpoint is named."""
+    import os
+
+    from helpers import ROOT
+
+    spm, data, ckpt, raw = pieces_model
+    script = os.path.join(ROOT, "examples", "benchmark", "latency.py")
+    proc = run(sys.executable, script, "--data", str(data), "--sentences", "4", "--warmup", "1", "--quantize",
+               "--trained", f"one={ckpt}/checkpoint_best.pt", f"two={ckpt}/checkpoint_best.pt:{ckpt}/checkpoint2.pt")
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| one") or line.startswith("| two")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        f"| {name}, {decoding}" for name in ("one", "two")
+        for decoding in ("beam 5", "beam 5 int8", "greedy", "greedy int8")]
+    assert rows[0].endswith("| 1.00x |") and "4 sentences of test" in proc.stdout
+    assert all(float(row.split(" | ")[3]) > 0 for row in rows)  # translations of some length
+    missing = run(sys.executable, script, "--data", str(data), "--trained", f"x={ckpt}/nope.pt", check=False)
+    assert missing.returncode != 0 and f"--trained x: no checkpoint at {ckpt}/nope.pt" in missing.stderr
+    twice = run(sys.executable, script, "--data", str(data), "--trained", f"x={ckpt}/checkpoint_best.pt",
+                f"x={ckpt}/checkpoint2.pt", check=False)
+    assert twice.returncode != 0 and "--trained names 'x' twice" in twice.stderr

@@ -8,10 +8,13 @@ drift from minute to minute falls on all of them alike):
 
 * ``lstm``: fairseq's built-in ``lstm`` at matched sizes (as in benchmark.py) through fairseq's ``SequenceGenerator``;
 * ``ours eager``: ``bahdanau_gru`` (matched) through the same generator;
-* ``ours scripted``: the same generator and model after ``torch.jit.script``;
-* ``translator``: what ``python -m fairseq_bahdanau.export`` writes, loaded back with ``torch.jit.load`` and
-  given the sentence's pieces (the dictionary look-ups and padding are inside it; sentencepiece's own encoding,
-  some microseconds, is not timed); ``translator int8``: the same with ``--quantize`` (int8 output layer).
+* ``translator``: the ONNX translator ``python -m fairseq_bahdanau.export`` writes, loaded back
+  (``fairseq_bahdanau.runtime``: ONNX Runtime and the numpy search) and given the sentence's pieces (the dictionary
+  look-ups and padding are inside it; sentencepiece's own encoding, some microseconds, is not timed);
+  ``translator int8``: the same with ``--quantize`` (int8 weights).
+
+(The TorchScript translator that preceded the ONNX one, and fairseq's generator scripted, are measured beside it
+once, in ``deploy.py``'s run of the benchmark README.)
 
 The models are untrained (seeded), so every system is made to produce exactly the reference translation's length
 (``min_len = max_len_b = `` its token count, ``max_len_a = 0``): each sentence costs every system the same number
@@ -20,7 +23,7 @@ each. ``--profile`` first splits one generation step at batch 1 into the model's
 generator's own work around it.
 
 ``--trained`` measures trained checkpoints instead, as they would be deployed: each ``NAME=PATHS`` (several
-colon-separated checkpoints make an ensemble) exported as the translator (``fairseq_bahdanau.export``; with
+colon-separated checkpoints make an ensemble) exported as the ONNX translator (``fairseq_bahdanau.export``; with
 ``--quantize`` its int8 twin too) at beam 5 and greedy, every translator taking turns sentence by sentence. Here the
 translations end where the model ends them, so a system's time includes the length it chooses: reported are the
 median and 90th percentile milliseconds per sentence, the mean number of target pieces, and the first system's beam-5
@@ -28,6 +31,7 @@ median over each (a student's greedy translator against its teacher's beam 5, sa
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -41,7 +45,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from benchmark import MODELS, USER_DIR  # noqa: E402  (this directory's benchmark.py)
 
-SYSTEMS = ["lstm", "ours eager", "ours scripted", "translator", "translator int8"]
+from fairseq_bahdanau.runtime.translator import OnnxTranslator  # noqa: E402
+
+SYSTEMS = ["lstm", "ours eager", "translator", "translator int8"]
 
 
 def build(name: str, args: argparse.Namespace):
@@ -98,7 +104,7 @@ def trained_latency(args: argparse.Namespace) -> None:
 
     systems: Dict[str, Callable] = {}
     dataset = src_dict = None
-    names = set()
+    names: List[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.trained:
             name, _, joined = spec.partition("=")
@@ -106,7 +112,7 @@ def trained_latency(args: argparse.Namespace) -> None:
                 raise SystemExit(f"error: --trained takes NAME=CHECKPOINT[:CHECKPOINT...], got {spec!r}")
             if name in names:
                 raise SystemExit(f"error: --trained names {name!r} twice")
-            names.add(name)
+            names.append(name)
             paths = joined.split(":")
             for path in paths:
                 if not os.path.isfile(path):
@@ -115,12 +121,14 @@ def trained_latency(args: argparse.Namespace) -> None:
             if dataset is None:
                 task.load_dataset(args.gen_subset)
                 dataset, src_dict = task.dataset(args.gen_subset), task.source_dictionary
-            for beam in (5, 1):
-                for quantize in (False, True) if args.quantize else (False,):
+            for quantize in (False, True) if args.quantize else (False,):
+                folder = os.path.join(tmp, f"{len(systems)}.onnx")  # written and loaded back, as a service loads it
+                export.write_translator(models, task.source_dictionary, task.target_dictionary, folder,
+                                        quantize=quantize)
+                translator = OnnxTranslator(folder, threads=1)
+                for beam in (5, 1):
                     label = f"{name}, {'beam 5' if beam == 5 else 'greedy'}{' int8' if quantize else ''}"
-                    path = os.path.join(tmp, "translator.pt")  # saved and loaded back, as a service loads it
-                    torch.jit.save(export.script(models, task, {"beam": beam}, quantize), path)
-                    systems[label] = torch.jit.load(path)
+                    systems[label] = functools.partial(translator.translate, beam=beam)
     count = min(args.sentences + args.warmup, len(dataset))
     if count <= args.warmup:
         raise SystemExit(f"error: {args.gen_subset} has {len(dataset)} sentences, none left after --warmup {args.warmup}")
@@ -135,7 +143,10 @@ def trained_latency(args: argparse.Namespace) -> None:
                 out = translator([pieces])
                 if i >= args.warmup:
                     times[label].append((time.perf_counter() - start) * 1e3)
-                    lengths[label].append(len(out[0]))
+                    lengths[label].append(len(out[0][0].pieces))
+    order = [label for name in names for decoding in ("beam 5", "beam 5 int8", "greedy", "greedy int8")
+             for label in [f"{name}, {decoding}"] if label in systems]
+    systems = {label: systems[label] for label in order}
     first = next(iter(systems))
     reference = statistics.median(times[first])
     print(f"single-sentence latency of trained models, {len(times[first])} sentences of {args.gen_subset}, batch 1, "
@@ -188,16 +199,14 @@ def main() -> None:
             "lstm": SequenceGenerator([lstm], tgt_dict, beam_size=beam, max_len_a=0),
             "ours eager": SequenceGenerator([ours], tgt_dict, beam_size=beam, max_len_a=0),
         }
-        generators["ours scripted"] = torch.jit.script(SequenceGenerator([ours], tgt_dict, beam_size=beam,
-                                                                         max_len_a=0))
-        translators = {}
+        translators: Dict[str, OnnxTranslator] = {}
         with tempfile.TemporaryDirectory() as tmp:  # the translators as export writes them, loaded back
             for name, quantize in (("translator", False), ("translator int8", True)):
-                path = os.path.join(tmp, "translator.pt")
-                torch.jit.save(export.script([ours], task, {"beam": beam, "max_len_a": 0}, quantize), path)
-                translators[name] = torch.jit.load(path)
-                generators[name] = translators[name].generator
-        runs: Dict[str, Callable] = {name: generators[name].forward for name in SYSTEMS[:3]}
+                folder = os.path.join(tmp, f"{name}.onnx".replace(" ", "-"))
+                export.write_translator([ours], src_dict, tgt_dict, folder, options={"beam": beam, "max_len_a": 0},
+                                        quantize=quantize)
+                translators[name] = OnnxTranslator(folder, threads=1)
+        runs: Dict[str, Callable] = {name: generators[name].forward for name in SYSTEMS[:2]}
         times: Dict[str, List[float]] = {name: [] for name in SYSTEMS}
         with torch.no_grad():
             for i in range(count):
@@ -210,11 +219,13 @@ def main() -> None:
                     profiles[beam] = {"lstm": profile_step(lstm, generators["lstm"], sample, length),
                                       "ours eager": profile_step(ours, generators["ours eager"], sample, length)}
                 for name in SYSTEMS:
-                    set_length(generators[name], length)
                     start = time.perf_counter()
                     if name in translators:
-                        translators[name]([pieces])
+                        translator = translators[name]
+                        translator.options = translator.options._replace(min_len=length, max_len_b=length)
+                        translator.translate([pieces])
                     else:
+                        set_length(generators[name], length)
                         runs[name](sample)
                     if i >= args.warmup:
                         times[name].append((time.perf_counter() - start) * 1e3)
