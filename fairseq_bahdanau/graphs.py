@@ -14,7 +14,7 @@ runs outside them, in numpy (``runtime/search.py``).
 
 ``StepGraph``: ``prev_tokens`` N, ``hidden`` N x L x H, Luong's ``feed`` N x H (dot, general), the source side,
 ``temperature`` (1) -> ``lprobs`` N x V (``log_softmax(logits / temperature)``, as fairseq's ensemble scores a
-step), ``hidden`` and ``feed`` after the step, and ``attn`` N x S (attention families). With attention the N
+step), the ``TOP`` best of each row (``top_values``, ``top_indices``), ``hidden`` and ``feed`` after the step, and ``attn`` N x S (attention families). With attention the N
 hypotheses come in B groups of N / B, group b reading row b of the source side.
 
 The bidirectional GRU is ONNX's ``GRU`` operator (``linear_before_reset=1`` is PyTorch's GRU;
@@ -29,6 +29,10 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+#: the most tokens of each hypothesis the step graph ranks (``top_values``, ``top_indices``): 2 x 16 + 3, what
+#: the search needs for beams of up to 16 (``runtime/search.py``, ``_top_candidates``)
+TOP = 35
 
 #: the encoder graph's outputs after ``decoder_init``, by decoder family
 SOURCE_OUTPUTS = {"additive": ["keys", "values", "mask_bias"], "luong": ["keys", "values", "mask_bias"],
@@ -193,7 +197,8 @@ class StepGraph(nn.Module):
         context_t = None if step.context is None else step.context.unsqueeze(1)
         features = decoder._features(step.output.unsqueeze(1), context_t, emb.unsqueeze(1)).squeeze(1)
         lprobs = F.log_softmax(decoder.output_layer(features).float() / temperature, dim=-1)
-        outputs: List[Tensor] = [lprobs, torch.stack(step.state.hidden, dim=1)]
+        top_values, top_indices = torch.topk(lprobs, min(TOP, lprobs.size(1)), dim=1)
+        outputs: List[Tensor] = [lprobs, top_values, top_indices, torch.stack(step.state.hidden, dim=1)]
         if step.state.feed is not None:
             outputs.append(step.state.feed)
         if step.attn is not None:
@@ -204,6 +209,6 @@ class StepGraph(nn.Module):
 def step_io(kind: str) -> Tuple[List[str], List[str]]:
     """The step graph's input and output names for a decoder family."""
     inputs = ["prev_tokens", "hidden"] + (["feed"] if kind == "luong" else []) + SOURCE_OUTPUTS[kind] + ["temperature"]
-    outputs = ["lprobs", "hidden_out"] + (["feed_out"] if kind == "luong" else []) + ([] if kind == "none" else ["attn"])
+    outputs = ["lprobs", "top_values", "top_indices", "hidden_out"] + (["feed_out"] if kind == "luong" else []) + ([] if kind == "none" else ["attn"])
     return inputs, outputs
 

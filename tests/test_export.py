@@ -260,3 +260,32 @@ def test_latency_benchmark_times_trained_translators(pieces_model):
     twice = run(sys.executable, script, "--data", str(data), "--trained", f"x={ckpt}/checkpoint_best.pt",
                 f"x={ckpt}/checkpoint2.pt", check=False)
     assert twice.returncode != 0 and "--trained names 'x' twice" in twice.stderr
+
+
+def test_the_search_over_each_rows_best_tokens_equals_the_search_over_the_vocabulary(tmp_path):
+    """With a vocabulary larger than the step graph's ranked tokens (graphs.TOP), the search reads each
+    hypothesis's best tokens and its unk and end-of-sentence columns (``_top_candidates``): fairseq's hypotheses,
+    for the beams and the adjustments (unk penalties of both signs, min_len, the length limit) that touch them."""
+    import argparse
+
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    from fairseq_bahdanau.graphs import TOP
+    from fairseq_bahdanau.model import BahdanauGRUModel
+    from fairseq_bahdanau.runtime.translator import OnnxTranslator
+    from helpers import DummyTask, dictionary
+
+    torch.manual_seed(4)
+    args = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY["bahdanau_gru_tiny"](args)
+    model = BahdanauGRUModel.build_model(args, DummyTask(dictionary(30), dictionary(300))).eval()
+    with torch.no_grad():  # a peaked output layer, so that the searches are not near ties everywhere
+        model.decoder.output_projection.weight.mul_(8.0)
+    assert len(model.decoder.dictionary) > 4 * TOP
+    write(model, tmp_path / "t.onnx")
+    translator = OnnxTranslator(str(tmp_path / "t.onnx"), threads=1)
+    sentences = random_sentences(model.encoder.dictionary, (6, 9, 4), seed=5)
+    for options in ({"beam": 5, "max_len_b": 10}, {"beam": 16, "max_len_b": 8}, {"beam": 1, "max_len_b": 12},
+                    {"beam": 4, "unkpen": -30.0, "max_len_b": 6}, {"beam": 4, "unkpen": 3.0, "max_len_b": 6},
+                    {"beam": 6, "min_len": 5, "max_len_b": 7}):
+        compare(model, translator, options, sentences)

@@ -57,11 +57,15 @@ def fairseq_system(path: str, data: str, spm: str) -> Translate:
             generators[beam] = SequenceGenerator(models, tgt_dict, beam_size=beam)
         tokens = [src_dict.encode_line(" ".join(sp.encode(line.strip(), out_type=str)), add_if_not_exist=False)
                   for line in lines]
-        src = data_utils.collate_tokens(tokens, src_dict.pad(), left_pad=True)
+        order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))  # lstm packs longest first
+        src = data_utils.collate_tokens([tokens[i] for i in order], src_dict.pad(), left_pad=True)
         with torch.no_grad():
-            found = generators[beam].forward({"net_input": {"src_tokens": src,
-                                                            "src_lengths": torch.tensor([len(t) for t in tokens])}})
-        return [tgt_dict.string(h[0]["tokens"]).replace(" ", "").replace("\u2581", " ").strip() for h in found]
+            found = generators[beam].forward({"net_input": {
+                "src_tokens": src, "src_lengths": torch.tensor([len(tokens[i]) for i in order])}})
+        out = [""] * len(lines)
+        for i, hypotheses in zip(order, found):
+            out[i] = tgt_dict.string(hypotheses[0]["tokens"]).replace(" ", "").replace("\u2581", " ").strip()
+        return out
 
     return translate
 

@@ -59,12 +59,14 @@ class Hypothesis(NamedTuple):
 class StepModel(Protocol):
     """What the search needs of a model (or an ensemble): ``start`` encodes a batch of sentences for a beam of
     ``K`` (hypotheses ``b * K .. b * K + K - 1`` belong to sentence ``b``); ``step`` scores the next token of every
-    hypothesis (N x V log-probabilities, temperature applied, and N x S attention or None); ``reorder`` makes row
+    hypothesis (N x V log-probabilities, temperature applied, N x S attention or None, the new state, and the
+    M best log-probabilities of each hypothesis with their tokens, N x M each, or None); ``reorder`` makes row
     ``i`` of the state the old row ``order[i]`` (every block of K new rows comes from one old sentence)."""
 
     def start(self, src_tokens: np.ndarray, src_lengths: np.ndarray, beam: int) -> Any: ...
 
-    def step(self, state: Any, prev_tokens: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], Any]: ...
+    def step(self, state: Any, prev_tokens: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], Any,
+                                                                 Optional[Tuple[np.ndarray, np.ndarray]]]: ...
 
     def reorder(self, state: Any, order: np.ndarray) -> Any: ...
 
@@ -130,34 +132,18 @@ def generate(model: StepModel, src_tokens: np.ndarray, src_lengths: np.ndarray, 
                 corr = batch_idxs - np.arange(batch_idxs.size)
                 reorder_state = (reorder_state.reshape(-1, beam) + corr[:, None] * beam).reshape(-1)
             state = model.reorder(state, reorder_state)
-        lprobs, avg_attn, state = model.step(state, tokens[:, step])
-        lprobs = np.array(lprobs, dtype=np.float32)  # a copy the search may write into
-        lprobs[np.isnan(lprobs)] = NEG_INF
-        lprobs[:, vocab.pad] = NEG_INF  # never select pad
-        lprobs[:, vocab.unk] -= np.float32(options.unkpen)
-        if step >= max_len:
-            lprobs[:, : vocab.eos] = NEG_INF
-            lprobs[:, vocab.eos + 1:] = NEG_INF
-        elif step < options.min_len:
-            lprobs[:, vocab.eos] = NEG_INF
+        lprobs, avg_attn, state, top = model.step(state, tokens[:, step])
         if avg_attn is not None:
             if attn is None:
                 attn = np.zeros((bsz * beam, avg_attn.shape[1], max_len + 2), dtype=np.float32)
             attn[:, :, step + 1] = avg_attn
-        if options.no_repeat_ngram_size > 0:
-            block_repeated_ngrams(tokens, lprobs, options.no_repeat_ngram_size, step)
-
-        # search.BeamSearch.step
-        vocab_size = lprobs.shape[1]
-        cand = lprobs.reshape(bsz, beam, vocab_size)
-        if step == 0:
-            cand = cand[:, :1, :]  # all hypotheses are equally likely: the first beam only
+        if top is not None and options.no_repeat_ngram_size == 0 and (
+                top[0].shape[1] >= 2 * beam + 3 or top[0].shape[1] == lprobs.shape[1]):
+            cand_scores, cand_beams, cand_indices = _top_candidates(lprobs, top, scores, step, bsz, beam, vocab,
+                                                                    options, max_len)
         else:
-            cand = cand + scores.reshape(bsz, beam, -1)[:, :, step - 1][:, :, None]
-        flat = cand.reshape(bsz, -1)
-        cand_scores, indices = topk(flat, min(cand_size, flat.shape[1] - 1))
-        cand_beams = indices // vocab_size
-        cand_indices = indices % vocab_size
+            cand_scores, cand_beams, cand_indices = _all_candidates(lprobs, tokens, scores, step, bsz, beam, vocab,
+                                                                    options, max_len)
 
         cand_bbsz_idx = cand_beams + bbsz_offsets
         eos_mask = (cand_indices == vocab.eos) & (cand_scores != NEG_INF)
@@ -217,6 +203,76 @@ def generate(model: StepModel, src_tokens: np.ndarray, src_lengths: np.ndarray, 
         order = sorted(range(len(hypotheses)), key=lambda i: -hypotheses[i].score)  # stable, as torch.sort on CPU
         out.append([hypotheses[i] for i in order])
     return out
+
+
+def _all_candidates(lprobs: np.ndarray, tokens: np.ndarray, scores: np.ndarray, step: int, bsz: int, beam: int,
+                    vocab: Vocabulary, options: SearchOptions,
+                    max_len: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The step's 2K best continuations of each sentence (scores, hypotheses within the sentence, tokens), B x 2K:
+    the generator's adjustments of the N x V log-probabilities (pad, unk, the length limits, repeated n-grams)
+    and ``search.BeamSearch.step``, over the whole vocabulary."""
+    lprobs = np.array(lprobs, dtype=np.float32)  # a copy the search may write into
+    lprobs[np.isnan(lprobs)] = NEG_INF
+    lprobs[:, vocab.pad] = NEG_INF  # never select pad
+    lprobs[:, vocab.unk] -= np.float32(options.unkpen)
+    if step >= max_len:
+        lprobs[:, : vocab.eos] = NEG_INF
+        lprobs[:, vocab.eos + 1:] = NEG_INF
+    elif step < options.min_len:
+        lprobs[:, vocab.eos] = NEG_INF
+    if options.no_repeat_ngram_size > 0:
+        block_repeated_ngrams(tokens, lprobs, options.no_repeat_ngram_size, step)
+    vocab_size = lprobs.shape[1]
+    cand = lprobs.reshape(bsz, beam, vocab_size)
+    if step == 0:
+        cand = cand[:, :1, :]  # all hypotheses are equally likely: the first beam only
+    else:
+        cand = cand + scores.reshape(bsz, beam, -1)[:, :, step - 1][:, :, None]
+    flat = cand.reshape(bsz, -1)
+    cand_scores, indices = topk(flat, min(2 * beam, flat.shape[1] - 1))
+    return cand_scores, indices // vocab_size, indices % vocab_size
+
+
+def _top_candidates(lprobs: np.ndarray, top: Tuple[np.ndarray, np.ndarray], scores: np.ndarray, step: int,
+                    bsz: int, beam: int, vocab: Vocabulary, options: SearchOptions,
+                    max_len: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_all_candidates`` from each hypothesis's M best tokens (``top``: N x M log-probabilities and tokens, M at
+    least 2K + 3, from the step's graph) and its unk and end-of-sentence columns, instead of the whole vocabulary.
+
+    The same result: a sentence's 2K best continuations come from its hypotheses' 2K best adjusted tokens, and
+    the adjustments only lower pad, the end of sentence (below ``--min-len``) and unk (``--unkpen`` > 0), or
+    raise unk (``--unkpen`` < 0) or keep the end of sentence alone (at the length limit): 2K + 3 tokens of a row
+    and its unk and end-of-sentence columns hold them all. (Not for ``--no-repeat-ngram-size``, which lowers any
+    token.)"""
+    values, columns = top
+    rows_all, vocab_size = lprobs.shape
+    extra = np.array([vocab.unk, vocab.eos], dtype=columns.dtype)
+    cols = np.concatenate([columns, np.broadcast_to(extra, (rows_all, 2))], axis=1)
+    vals = np.concatenate([values, lprobs[:, extra]], axis=1).astype(np.float32)
+    vals[np.isnan(vals)] = NEG_INF
+    duplicate = np.zeros(cols.shape, dtype=bool)  # an extra column that is among the row's best already
+    duplicate[:, -2:] = (columns[:, :, None] == extra).any(axis=1)
+    vals[cols == vocab.pad] = NEG_INF
+    vals[cols == vocab.unk] -= np.float32(options.unkpen)
+    if step >= max_len:
+        vals[cols != vocab.eos] = NEG_INF
+    elif step < options.min_len:
+        vals[cols == vocab.eos] = NEG_INF
+    vals[duplicate] = NEG_INF
+    width = cols.shape[1]
+    vals, cols, duplicate = (a.reshape(bsz, beam, width) for a in (vals, cols, duplicate))
+    if step == 0:
+        vals, cols, duplicate = vals[:, :1], cols[:, :1], duplicate[:, :1]
+    else:
+        vals = vals + scores.reshape(bsz, beam, -1)[:, :, step - 1][:, :, None]
+    rows = vals.shape[1]
+    flat_index = np.arange(rows)[None, :, None] * vocab_size + cols
+    flat_index = np.where(duplicate, rows * vocab_size, flat_index).reshape(bsz, -1)  # duplicates sort last
+    flat_vals = vals.reshape(bsz, -1)
+    k = min(2 * beam, rows * vocab_size - 1)
+    order = np.lexsort((flat_index, -flat_vals), axis=-1)[:, :k]
+    chosen = np.take_along_axis(flat_index, order, axis=1)
+    return np.take_along_axis(flat_vals, order, axis=1), chosen // vocab_size, chosen % vocab_size
 
 
 def _finalize(step: int, bbsz_idx: np.ndarray, eos_scores: np.ndarray, tokens: np.ndarray, scores: np.ndarray,

@@ -66,7 +66,7 @@ class _Ensemble:
             source.append(arrays)
         return _State(beam, hidden, feed, source)
 
-    def step(self, state: _State, prev_tokens: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], _State]:
+    def step(self, state: _State, prev_tokens: np.ndarray):
         lprobs: List[np.ndarray] = []
         attn_sum: Optional[np.ndarray] = None
         hidden, feed = [], []
@@ -83,14 +83,15 @@ class _Ensemble:
                 attn_sum = out["attn"] if attn_sum is None else attn_sum + out["attn"]
         new_state = _State(state.beam, hidden, feed, state.source)
         if len(self.models) == 1:
-            return lprobs[0], attn_sum, new_state
+            top = (out["top_values"], out["top_indices"]) if "top_values" in out else None
+            return lprobs[0], attn_sum, new_state, top
         stacked = np.stack(lprobs)  # torch.logsumexp(stack) - log(models)
         top = stacked.max(axis=0)
         top = np.where(np.isfinite(top), top, np.float32(0))
         average = np.log(np.exp(stacked - top).sum(axis=0)) + top - np.float32(np.log(len(self.models)))
         if attn_sum is not None:
             attn_sum = attn_sum / np.float32(len(self.models))
-        return average.astype(np.float32), attn_sum, new_state
+        return average.astype(np.float32), attn_sum, new_state, None
 
     def reorder(self, state: _State, order: np.ndarray) -> _State:
         sentences = order[:: state.beam] // state.beam
