@@ -161,11 +161,11 @@ def probe(kind: str, arg: str, lines: List[str], spm: str, data: str, compute: s
     """Load time (s, imports included) and peak resident memory (MB) after translating ``lines``, in a fresh
     process with one thread."""
     imports, body = PROBES[kind]
-    code = (f"import json, resource, time; start = time.perf_counter(); HERE = {HERE!r}; ARG = {arg!r}; "
+    code = (f"import json, time; start = time.perf_counter(); HERE = {HERE!r}; ARG = {arg!r}; "
             f"SPM = {spm!r}; DATA = {data!r}; COMPUTE = {compute!r}; LINES = {lines!r}\n{imports}\n"
             f"{body.split('; ')[0]}\nloaded = time.perf_counter() - start\n" + "\n".join(body.split("; ")[1:]) +
-            "\nprint(json.dumps({'load_s': loaded, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
-            " / 1024}))")
+            "\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]"
+            "\nprint(json.dumps({'load_s': loaded, 'rss_mb': int(hwm) / 1024}))")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -187,6 +187,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="batches translated first and not counted")
     parser.add_argument("--no-torchscript", action="store_true")
     parser.add_argument("--outputs", help="a folder for every system's translations")
+    parser.add_argument("--footprint-only", action="store_true", help="only the load time and memory table")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     import sacrebleu
@@ -220,7 +221,7 @@ def main() -> None:
 
         print(f"deployed translators, {len(source)} sentences of {os.path.basename(args.source)}, 1 thread, "
               f"CPU: {cpu_name()}")
-        for size in [int(b) for b in args.batches.split(",")]:
+        for size in [] if args.footprint_only else [int(b) for b in args.batches.split(",")]:
             batches = [source[i: i + size] for i in range(0, len(source), size)]
             for beam in (5, 1):
                 times: Dict[str, List[float]] = {name: [] for name in systems}
