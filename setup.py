@@ -27,7 +27,7 @@ setup(
         # first, then these (pip install onnxruntime numpy sentencepiece)
         "runtime": ["onnxruntime>=1.20", "numpy", "sentencepiece"],
         # the HTTP service (python -m fairseq_bahdanau.serve --port P) on top of the runtime
-        "serve": ["starlette>=0.37", "uvicorn>=0.29"],
+        "serve": ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20"],
     },
     package_data={"fairseq_bahdanau": ["static/*"]},
 )

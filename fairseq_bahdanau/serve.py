@@ -22,7 +22,7 @@ This module imports neither torch nor fairseq (nor does the package at import): 
 import argparse
 import json
 import sys
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -125,6 +125,15 @@ class LoadedTranslator:
             return line.split()
         return " ".join(self.sp.encode(line, out_type=str)).split()
 
+    def pieces_or_none(self, line: str) -> Optional[List[str]]:
+        """``pieces(line)``, or None for a line that is not valid Unicode (a lone surrogate, as JSON's
+        ``"\\ud800"`` gives): it has no UTF-8 form for sentencepiece to read."""
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return self.pieces(line)
+
     def text(self, pieces: List[str]) -> str:
         """fairseq's decoding of pieces (``SentencepieceBPE.decode``): joined, word boundaries to spaces."""
         if self.sp is None:
@@ -153,22 +162,27 @@ class LoadedTranslator:
                 out[i] = self.text(hypotheses[0].pieces)
         return out
 
-    def details(self, lines: List[str], beam: Optional[int] = None, nbest: int = 1) -> List[Translation]:
+    def details(self, lines: List[str], beam: Optional[int] = None, nbest: int = 1,
+                stop: Optional[Callable[[], bool]] = None) -> List[Translation]:
         """Translate lines together, each with its n-best list (``nbest`` <= ``beam``) and attention. A line that
-        cannot be translated gets a ``Translation`` with ``error`` set, and the others are translated; an empty
-        or all-blank line gets an empty translation."""
+        cannot be translated (too long, or not valid Unicode) gets a ``Translation`` with ``error`` set, and the
+        others are translated; an empty or all-blank line gets an empty translation. ``stop``: asked before every
+        decoder step; True stops the translation (``runtime.search.Cancelled``)."""
         beam = self.default_beam if beam is None else beam
-        pieces = [self.pieces(line) for line in lines]
         out: List[Translation] = [Translation("", [], None, None) for _ in lines]
+        pieces: List[List[str]] = []
         todo: List[int] = []
-        for i, p in enumerate(pieces):
-            problem = self.problem(p) if p else None
+        for i, line in enumerate(lines):
+            p = self.pieces_or_none(line)
+            pieces.append(p or [])
+            problem = "the line is not valid Unicode text (it holds a lone surrogate)" if p is None else (
+                self.problem(p) if p else None)
             if problem is not None:
                 out[i] = Translation("", [], None, None, error=problem)
             elif p:
                 todo.append(i)
         if todo:
-            results = self.translator.translate([pieces[i] for i in todo], beam, nbest)
+            results = self.translator.translate([pieces[i] for i in todo], beam, nbest, stop)
             for i, hypotheses in zip(todo, results):
                 out[i] = self._translation(pieces[i], hypotheses)
         return out
@@ -199,14 +213,23 @@ def batches(lines: Iterable[str], size: int) -> Iterator[List[str]]:
         yield batch
 
 
-def filter_lines(translate: LoadedTranslator, lines: Iterable[str], batch_size: int) -> int:
+def decoded(lines: Iterable[bytes]) -> Iterator[Optional[str]]:
+    """Each line of bytes as text, or None where it is not UTF-8."""
+    for raw in lines:
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            yield None
+
+
+def filter_lines(translate: LoadedTranslator, lines: Iterable[Optional[str]], batch_size: int) -> int:
     """The line filter: print one line per input line, in order; returns how many lines could not be
-    translated (each named on stderr and printed as an empty line)."""
+    translated (each named on stderr and printed as an empty line): too long, or not UTF-8 (None)."""
     failed = 0
     number = 0
     for batch in batches(lines, batch_size):
-        pieces = [translate.pieces(line) for line in batch]
-        too_long = [translate.problem(p) for p in pieces]
+        pieces = [None if line is None else translate.pieces(line) for line in batch]
+        too_long = ["the line is not UTF-8 text" if p is None else translate.problem(p) for p in pieces]
         done = iter(translate.translate_pieces([p for p, problem in zip(pieces, too_long) if problem is None]))
         for problem in too_long:
             number += 1
@@ -246,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         translate = load(args.translators[0], args.threads)
     except (OSError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
-    if filter_lines(translate, sys.stdin, args.batch_size):
+    if filter_lines(translate, decoded(sys.stdin.buffer), args.batch_size):
         sys.exit(1)
 
 

@@ -2,39 +2,55 @@
 
     python -m fairseq_bahdanau.serve --port 8000 attention.onnx [encdec.onnx ...]   (pip install .[serve])
 
-Endpoints (JSON in and out; every error is a JSON object ``{"error": MESSAGE}`` with a 4xx or 503 status):
+Endpoints (JSON in and out; every error, 404 and 405 included, is a JSON object ``{"error": MESSAGE}``):
 
-``POST /translate``  ``{"text": [lines], "model": NAME, "beam": K, "nbest": N}`` (``model``: default the first
-    loaded; ``beam``: default the translator's own, 1 to ``--max-beam``; ``nbest``: default 1, 1 to ``beam``) ->
-    ``{"model": NAME, "beam": K, "nbest": N, "results": [one per line]}``, each result either
-    ``{"translation", "nbest": [{"text", "score"}], "attention": {"source", "target", "weights"} or null,
-    "pieces": the same over sentencepiece pieces or null}`` or ``{"error": MESSAGE}`` for a line that cannot be
-    translated (the others are). ``weights[t][s]``: what target word ``t`` gave source word ``s``; word weights are
-    piece weights summed over a source word's pieces and averaged over a target word's pieces (rows sum to 1;
-    the last column is the source's end of sentence). Models without attention (``--attention-type none``)
-    answer ``"attention": null`` and say so in ``GET /models``. An empty or blank line translates to ``""``.
-``GET /models``  the loaded translators, with their options. ``GET /health``  ``{"status": "ok", ...}`` with the
-    requests waiting and the batches and lines translated so far.
+``POST /translate``  ``{"text": [lines], "model": NAME, "beam": K, "nbest": N}`` with ``Content-Type:
+    application/json`` (``model``: default the first loaded; ``beam``: default the translator's own, 1 to
+    ``--max-beam``; ``nbest``: default 1, 1 to ``beam``) -> ``{"model": NAME, "beam": K, "nbest": N, "results":
+    [one per line]}``, each result either ``{"translation", "nbest": [{"text", "score"}], "attention": {"source",
+    "target", "weights"} or null, "pieces": the same over sentencepiece pieces or null}`` or ``{"error": MESSAGE}``
+    for a line that cannot be translated (the others are). ``weights[t][s]``: what target word ``t`` gave source
+    word ``s``; word weights are piece weights summed over a source word's pieces and averaged over a target
+    word's pieces (rows sum to 1; the last column is the source's end of sentence). Models without attention
+    (``--attention-type none``) answer ``"attention": null`` and say so in ``GET /models``. An empty or blank line
+    translates to ``""``.
+``GET /models``  the loaded translators, with their options and the limits.
+``GET /health``  ``{"status": "ok", ...}`` with the requests waiting and the batches and lines translated so far;
+    503 with ``"status": "down"`` when a worker has died. Never needs the API key.
+``GET /metrics``  Prometheus's text format (``prometheus_client``): requests by status, latency, batch sizes,
+    queue length, lines translated.
 ``GET /``  the page.
 
-Bad input: invalid JSON or text that is not UTF-8 (400), a body over ``--max-body-bytes`` or more lines than
-``--max-lines`` (413), an unknown model (404), a ``beam`` or ``nbest`` out of range or a ``text`` that is not a
-list of strings (422). Requests that arrive together are translated together, per model, beam and n-best, up to
-``--max-batch-lines`` lines, by ``--workers`` worker threads (default 1); at most ``--max-queue`` requests wait, and one more gets 503
-with ``Retry-After``. SIGTERM (or Ctrl-C) stops taking connections and finishes the requests in flight (uvicorn's
-graceful shutdown) before the process exits.
+Bad input: invalid JSON (nesting and numbers included) or a body that is not UTF-8 (400), no API key or a wrong
+one (401, with ``--api-key-file``), a body over ``--max-body-bytes``, more lines than ``--max-lines`` or more work
+than ``--max-work`` (source pieces with their ends of sentence, times the beam) (413), a body that is not declared
+``application/json`` (415: a web page cannot make a browser send one without asking first), an unknown model
+(404), a ``model`` that is not a non-empty string, a ``beam`` or ``nbest`` out of range or a ``text`` that is not a
+list of strings (422). A line that is not valid Unicode (a lone surrogate) or too long gets an error of its own.
+
+Work: requests that arrive together are translated together, per model, beam and n-best, up to
+``--max-batch-lines`` lines, by ``--workers`` worker threads that share the translators; at most ``--max-queue``
+requests wait, and one more gets 503 with ``Retry-After``. A request not answered within ``--request-timeout``
+seconds gets 503, and its translation stops at the next decoder step once no request waits for it any more (a
+client that hangs up counts as gone). SIGTERM (or Ctrl-C) stops taking connections, finishes the requests in flight
+for up to ``--shutdown-timeout`` seconds and answers the rest 503. At most ``--max-connections`` connections are
+served at once (more get 503), and idle kept-alive connections close after 5 seconds.
 """
 
 import argparse
 import asyncio
 import collections
 import concurrent.futures
+import hmac
 import json
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from .runtime.search import Cancelled
 from .serve import LoadedTranslator, Translation, load
 
 logger = logging.getLogger(__name__)
@@ -47,9 +63,13 @@ class Limits:
     max_lines: int = 64  # lines in one request
     max_body_bytes: int = 1 << 20  # 1 MiB
     max_beam: int = 16
-    max_queue: int = 64  # requests waiting for the worker
+    max_work: int = 32768  # source pieces (with their ends of sentence) x beam, in one request
+    max_queue: int = 64  # requests waiting for a worker
     max_batch_lines: int = 64  # lines translated together
     workers: int = 1  # batches translated at once, each in its own thread (the translators are shared)
+    request_timeout: int = 60  # seconds a request may wait and be translated
+    shutdown_timeout: int = 10  # seconds SIGTERM waits for the requests in flight
+    max_connections: int = 256
     retry_after: int = 1  # seconds, in 503 answers
 
 
@@ -62,28 +82,40 @@ class BadRequest(Exception):
         self.message = message
 
 
+class Unavailable(Exception):
+    """A request that was accepted but cannot be answered now (its time ran out, or the service is stopping)."""
+
+
 @dataclass
 class Job:
-    """One request's lines, waiting for the worker."""
+    """One request's lines, waiting for a worker."""
 
     key: Tuple[str, int, int]  # model, beam, nbest
     lines: List[str]
     future: "asyncio.Future[List[Translation]]" = field(repr=False)
+    deadline: float = float("inf")  # time.monotonic() after which nobody waits for it
+
+    def wanted(self) -> bool:
+        """Whether somebody still waits for the answer."""
+        return not self.future.done() and time.monotonic() < self.deadline
 
 
 class Batcher:
     """Translates the lines of requests that arrive together in one batch per (model, beam, nbest), in
     ``workers`` threads (ONNX Runtime's sessions are shared by them). At most ``max_queue`` requests wait; a
-    request whose key differs from the batch being formed keeps its place for a later batch."""
+    request whose key differs from the batch being formed keeps its place for a later batch; a request nobody
+    waits for any more is dropped, and a batch that nobody waits for stops at its next decoder step."""
 
-    def __init__(self, translators: Dict[str, LoadedTranslator], limits: Limits) -> None:
+    def __init__(self, translators: Dict[str, LoadedTranslator], limits: Limits, metrics: Optional["Metrics"] = None):
         self.translators = translators
         self.limits = limits
+        self.metrics = metrics
         self.waiting: Deque[Job] = collections.deque()
         self.arrived = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, limits.workers),
                                                               thread_name_prefix="translate")
         self.tasks: List["asyncio.Task[None]"] = []
+        self.stopping = threading.Event()
         self.batches = 0  # batches translated so far (GET /health)
         self.lines = 0  # lines translated so far
 
@@ -91,7 +123,18 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._work()) for _ in range(max(1, self.limits.workers))]
 
+    @property
+    def alive(self) -> bool:
+        """Whether every worker runs (a worker that raised is dead)."""
+        return bool(self.tasks) and not any(task.done() for task in self.tasks)
+
     async def stop(self) -> None:
+        """Answer every waiting request 503, stop the batches in flight at their next step, stop the workers."""
+        self.stopping.set()
+        while self.waiting:
+            job = self.waiting.popleft()
+            if not job.future.done():
+                job.future.set_exception(Unavailable("the service is shutting down"))
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -101,24 +144,30 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    def submit(self, key: Tuple[str, int, int], lines: List[str]) -> "asyncio.Future[List[Translation]]":
+    def submit(self, key: Tuple[str, int, int], lines: List[str],
+               deadline: float = float("inf")) -> "asyncio.Future[List[Translation]]":
         """Queue a request's lines; raises ``asyncio.QueueFull`` when ``max_queue`` requests already wait."""
+        self.waiting = collections.deque(job for job in self.waiting if job.wanted())
         if len(self.waiting) >= self.limits.max_queue:
             raise asyncio.QueueFull
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append(Job(key, lines, future))
+        self.waiting.append(Job(key, lines, future, deadline))
         self.arrived.set()
         return future
 
     def _next_batch(self) -> List[Job]:
-        """The oldest waiting request, and the later ones with its key that fit beside it (taken out of the
-        queue); the others keep their places."""
+        """The oldest waiting request that is still wanted, and the later ones with its key that fit beside it
+        (taken out of the queue); the others keep their places."""
+        while self.waiting and not self.waiting[0].wanted():
+            self.waiting.popleft()
+        if not self.waiting:
+            return []
         first = self.waiting.popleft()
         batch, size = [first], len(first.lines)
         for job in list(self.waiting):
             if size >= self.limits.max_batch_lines:
                 break
-            if job.key == first.key and size + len(job.lines) <= self.limits.max_batch_lines:
+            if job.key == first.key and job.wanted() and size + len(job.lines) <= self.limits.max_batch_lines:
                 self.waiting.remove(job)
                 batch.append(job)
                 size += len(job.lines)
@@ -132,9 +181,22 @@ class Batcher:
                 await self.arrived.wait()
                 continue
             batch = self._next_batch()
+            if not batch:
+                continue
             lines = [line for job in batch for line in job.lines]
+            if self.metrics is not None:
+                self.metrics.batch_lines.observe(len(lines))
+
+            def stop() -> bool:  # read between decoder steps, in the worker thread
+                return self.stopping.is_set() or not any(job.wanted() for job in batch)
+
             try:
-                results = await loop.run_in_executor(self.executor, self._translate, batch[0].key, lines)
+                results = await loop.run_in_executor(self.executor, self._translate, batch[0].key, lines, stop)
+            except Cancelled:
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(Unavailable("the translation was stopped"))
+                continue
             except Exception as error:  # noqa: BLE001 (reported to each waiting request)
                 for job in batch:
                     if not job.future.done():
@@ -142,26 +204,78 @@ class Batcher:
                 continue
             self.batches += 1
             self.lines += len(lines)
+            if self.metrics is not None:
+                self.metrics.lines.inc(len(lines))
             start = 0
             for job in batch:
                 if not job.future.done():  # the client may have gone
                     job.future.set_result(results[start: start + len(job.lines)])
                 start += len(job.lines)
 
-    def _translate(self, key: Tuple[str, int, int], lines: List[str]) -> List[Translation]:
+    def _translate(self, key: Tuple[str, int, int], lines: List[str], stop) -> List[Translation]:
+        """The lines' translations, ``max_batch_lines`` at a time (a request may hold more), each chunk stopping
+        at its next decoder step once ``stop()`` says so."""
+        size = self.limits.max_batch_lines
+        out: List[Translation] = []
+        for start in range(0, len(lines), size):
+            out.extend(self._translate_chunk(key, lines[start: start + size], stop))
+        return out
+
+    def _translate_chunk(self, key: Tuple[str, int, int], lines: List[str], stop) -> List[Translation]:
         model, beam, nbest = key
         translator = self.translators[model]
         try:
-            return translator.details(lines, beam, nbest)
-        except Exception:  # noqa: BLE001 (one bad line must not cost the others theirs: one at a time)
-            logger.exception("a batch of %d lines failed; translating them one at a time", len(lines))
+            return translator.details(lines, beam, nbest, stop=stop)
+        except Cancelled:
+            raise
+        except Exception as error:  # noqa: BLE001 (one bad line must not cost the others theirs: one at a time)
+            logger.error("a batch of %d lines failed (%s); translating them one at a time", len(lines),
+                         type(error).__name__)
             out = []
             for line in lines:
                 try:
-                    out.extend(translator.details([line], beam, nbest))
-                except Exception as error:  # noqa: BLE001
-                    out.append(Translation("", [], None, None, error=f"translation failed: {error}"))
+                    out.extend(translator.details([line], beam, nbest, stop=stop))
+                except Cancelled:
+                    raise
+                except Exception as failure:  # noqa: BLE001
+                    out.append(Translation("", [], None, None, error=f"translation failed ({type(failure).__name__})"))
             return out
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("translation_requests", "HTTP requests answered, by path and status",
+                                ["path", "status"], registry=self.registry)
+        self.latency = Histogram("translation_request_seconds", "time to answer POST /translate",
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                 registry=self.registry)
+        self.batch_lines = Histogram("translation_batch_lines", "lines translated together",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.queue = Gauge("translation_queue_requests", "requests waiting for a worker", registry=self.registry)
+        self.lines = Counter("translation_lines", "lines translated", registry=self.registry)
+
+
+@dataclass
+class Service:
+    """What the handlers share (``app.state.service``)."""
+
+    translators: Dict[str, LoadedTranslator]
+    limits: Limits
+    api_key: Optional[str] = None
+    metrics: Optional[Metrics] = None
+    batcher: Optional[Batcher] = None
+    closing: threading.Event = field(default_factory=threading.Event)  # set at SIGTERM (``_Server``)
+    closing_since: float = float("inf")  # time.monotonic() of the SIGTERM
+
+    def close(self) -> None:
+        if not self.closing.is_set():
+            self.closing_since = time.monotonic()
+            self.closing.set()
 
 
 def describe(name: str, translator: LoadedTranslator) -> Dict[str, Any]:
@@ -190,6 +304,16 @@ def result_json(translation: Translation) -> Dict[str, Any]:
     }
 
 
+def _integer(request: Dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = request.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        shown = json.dumps(value)[:40] if isinstance(value, (str, float, bool, list, dict)) or value is None else "?"
+        if isinstance(value, int) and not isinstance(value, bool):
+            shown = str(value) if abs(value) < 10 ** 30 else "a number of more than 30 digits"
+        raise BadRequest(422, f'"{name}" must be an integer from {low} to {high}, got {shown}')
+    return value
+
+
 def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limits) -> Tuple[Tuple[str, int, int],
                                                                                               List[str]]:
     """(model, beam, nbest) and the lines of a ``POST /translate`` body, or ``BadRequest``."""
@@ -201,6 +325,10 @@ def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limi
         request = json.loads(text)
     except json.JSONDecodeError as error:
         raise BadRequest(400, f"the body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise BadRequest(400, "the body is not valid JSON here: it is nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise BadRequest(400, f"the body is not valid JSON here ({error})") from None
     if not isinstance(request, dict):
         raise BadRequest(422, 'the body must be a JSON object: {"text": ["a line", ...]}')
     lines = request.get("text")
@@ -210,111 +338,274 @@ def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limi
         raise BadRequest(422, '"text" must be a list of strings (one per line)')
     if len(lines) > limits.max_lines:
         raise BadRequest(413, f"{len(lines)} lines in one request; at most {limits.max_lines}")
-    name = request.get("model") or next(iter(models))
+    if "model" in request:
+        name = request["model"]
+        if not isinstance(name, str) or not name:
+            raise BadRequest(422, f'"model" must be the name of a loaded model ({", ".join(models)}), or left out '
+                                  "for the first")
+    else:
+        name = next(iter(models))
     if name not in models:
-        raise BadRequest(404, f"unknown model {name!r}; loaded: {', '.join(models)}")
-    beam = request.get("beam", models[name].default_beam)
-    if not isinstance(beam, int) or isinstance(beam, bool) or not 1 <= beam <= limits.max_beam:
-        raise BadRequest(422, f'"beam" must be an integer from 1 to {limits.max_beam}, got {beam!r}')
-    nbest = request.get("nbest", 1)
-    if not isinstance(nbest, int) or isinstance(nbest, bool) or not 1 <= nbest <= beam:
-        raise BadRequest(422, f'"nbest" must be an integer from 1 to the beam ({beam}), got {nbest!r}')
+        raise BadRequest(404, f"unknown model {name[:100]!r}; loaded: {', '.join(models)}")
+    beam = _integer(request, "beam", models[name].default_beam, 1, limits.max_beam)
+    nbest = _integer(request, "nbest", 1, 1, beam)
+    work = sum(len(models[name].pieces_or_none(line) or ()) + 1 for line in lines) * beam
+    if work > limits.max_work:
+        raise BadRequest(413, f"the request asks for {work} units of work (source pieces with their ends of "
+                              f"sentence, times the beam {beam}); at most {limits.max_work}: send fewer or shorter "
+                              "lines, or ask for a smaller beam")
     return (name, beam, nbest), lines
 
 
-def build_app(translators: Dict[str, LoadedTranslator], limits: Optional[Limits] = None):
+# ---------------------------------------------------------------------------------------------- the handlers
+
+
+def _error(status: int, message: str, **headers: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def _service(request) -> Service:
+    return request.app.state.service
+
+
+def _authorized(request) -> bool:
+    key = _service(request).api_key
+    if key is None:
+        return True
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def _unauthorized():
+    return _error(401, "this service needs an API key: send the header Authorization: Bearer KEY",
+                  **{"WWW-Authenticate": "Bearer"})
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes. A longer one is read to its end (up to 8 times the limit) and
+    discarded before the 413, so that the client, still sending, gets the answer rather than a broken pipe."""
+    body = bytearray()
+    over, seen = False, 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if over or seen > limit:
+            over = True
+            body.clear()
+            if seen > 8 * limit:
+                break
+            continue
+        body += chunk
+    if over:
+        raise BadRequest(413, f"the body is over {limit} bytes")
+    return bytes(body)
+
+
+async def _gone(request) -> None:
+    """Returns once the client has hung up."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.2)
+
+
+async def translate(request):
+    """``POST /translate`` (see the module docstring)."""
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse
+
+    service = _service(request)
+    limits = service.limits
+    started = time.monotonic()
+    if not _authorized(request):
+        return _unauthorized()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return _error(415, f"the body must be sent as Content-Type: application/json, not {kind[:60]!r}")
+    try:
+        key, lines = parse_request(await _read_body(request, limits.max_body_bytes), service.translators, limits)
+    except BadRequest as bad:
+        return _error(bad.status, bad.message)
+    except ClientDisconnect:
+        return _error(400, "the client went away")
+    assert service.batcher is not None
+    if service.closing.is_set():
+        return _error(503, "the service is shutting down", **{"Retry-After": str(limits.retry_after)})
+    deadline = started + limits.request_timeout
+    try:
+        future = service.batcher.submit(key, lines, deadline)
+    except asyncio.QueueFull:
+        return _error(503, f"busy: {limits.max_queue} requests are waiting; try again shortly",
+                      **{"Retry-After": str(limits.retry_after)})
+    watcher = asyncio.ensure_future(_gone(request))
+    try:
+        while True:  # wake up now and then: a SIGTERM shortens the wait to --shutdown-timeout
+            end = min(deadline, service.closing_since + max(0.0, limits.shutdown_timeout - 0.5))
+            done, _ = await asyncio.wait({future, watcher}, timeout=min(0.5, max(0.0, end - time.monotonic())),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if done or time.monotonic() >= end:
+                break
+    finally:
+        watcher.cancel()
+    if future not in done:
+        future.cancel()  # nobody waits for it now: the batcher drops it, or stops its batch
+        if watcher in done:
+            return _error(400, "the client went away")
+        if service.closing.is_set():
+            return _error(503, "the service is shutting down", **{"Retry-After": str(limits.retry_after)})
+        return _error(503, f"the translation took longer than {limits.request_timeout} s: send fewer or shorter "
+                           "lines, or a smaller beam", **{"Retry-After": str(limits.retry_after)})
+    try:
+        results = future.result()
+    except Unavailable as unavailable:
+        return _error(503, str(unavailable), **{"Retry-After": str(limits.retry_after)})
+    except Exception as failure:  # noqa: BLE001
+        logger.error("translation failed: %s", type(failure).__name__)
+        return _error(500, f"translation failed ({type(failure).__name__})")
+    if service.metrics is not None:
+        service.metrics.latency.observe(time.monotonic() - started)
+    name, beam, nbest = key
+    return JSONResponse({"model": name, "beam": beam, "nbest": nbest, "results": [result_json(r) for r in results]})
+
+
+async def models(request):
+    """``GET /models``."""
+    from starlette.responses import JSONResponse
+
+    if not _authorized(request):
+        return _unauthorized()
+    service = _service(request)
+    return JSONResponse({"models": [describe(name, t) for name, t in service.translators.items()],
+                         "limits": service.limits.__dict__})
+
+
+async def health(request):
+    """``GET /health`` (open without the API key)."""
+    from starlette.responses import JSONResponse
+
+    service = _service(request)
+    batcher = service.batcher
+    alive = batcher is not None and batcher.alive
+    return JSONResponse({"status": "ok" if alive else "down", "models": list(service.translators),
+                         "waiting": len(batcher.waiting) if batcher else 0,
+                         "batches": batcher.batches if batcher else 0, "lines": batcher.lines if batcher else 0},
+                        status_code=200 if alive else 503)
+
+
+async def metrics(request):
+    """``GET /metrics``: Prometheus's text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.responses import Response
+
+    if not _authorized(request):
+        return _unauthorized()
+    service = _service(request)
+    assert service.metrics is not None
+    if service.batcher is not None:
+        service.metrics.queue.set(len(service.batcher.waiting))
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def page(request):
+    """``GET /``: the page (it asks for the API key when the service wants one)."""
+    from starlette.responses import FileResponse
+
+    return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html; charset=utf-8")
+
+
+async def _http_error(request, exc):
+    """404, 405 and the like, as JSON."""
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", "") or ""
+    if status == 404:
+        detail = f"no such endpoint: {request.url.path[:200]} (see GET /models, POST /translate)"
+    elif status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path[:200]}"
+    return _error(status, str(detail), **dict(getattr(exc, "headers", None) or {}))
+
+
+def build_app(translators: Dict[str, LoadedTranslator], limits: Optional[Limits] = None,
+              api_key: Optional[str] = None):
     """The Starlette application serving ``translators`` (name -> translator, the first is the default)."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import FileResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.routing import Route
 
-    limits = limits or Limits()
-    state: Dict[str, Batcher] = {}
-
-    def error(status: int, message: str, **headers: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers or None)
-
-    async def read_body(request: Request) -> bytes:
-        """The body, at most ``max_body_bytes``. A longer one is read to its end (up to 8 times the limit) and
-        discarded before the 413, so that the client, still sending, gets the answer rather than a broken pipe."""
-        body = bytearray()
-        over, seen = False, 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if over or seen > limits.max_body_bytes:
-                over = True
-                body.clear()
-                if seen > 8 * limits.max_body_bytes:
-                    break
-                continue
-            body += chunk
-        if over:
-            raise BadRequest(413, f"the body is over {limits.max_body_bytes} bytes")
-        return bytes(body)
-
-    async def translate(request: Request) -> JSONResponse:
-        try:
-            key, lines = parse_request(await read_body(request), translators, limits)
-        except BadRequest as bad:
-            return error(bad.status, bad.message)
-        except ClientDisconnect:
-            return error(400, "the client went away")
-        try:
-            future = state["batcher"].submit(key, lines)
-        except asyncio.QueueFull:
-            return error(503, f"busy: {limits.max_queue} requests are waiting; try again shortly",
-                         **{"Retry-After": str(limits.retry_after)})
-        try:
-            results = await future
-        except Exception as failure:  # noqa: BLE001
-            logger.exception("translation failed")
-            return error(500, f"translation failed: {failure}")
-        name, beam, nbest = key
-        return JSONResponse({"model": name, "beam": beam, "nbest": nbest,
-                             "results": [result_json(r) for r in results]})
-
-    async def models(request: Request) -> JSONResponse:
-        return JSONResponse({"models": [describe(name, t) for name, t in translators.items()],
-                             "limits": limits.__dict__})
-
-    async def health(request: Request) -> JSONResponse:
-        batcher = state["batcher"]
-        return JSONResponse({"status": "ok", "models": list(translators), "waiting": len(batcher.waiting),
-                             "batches": batcher.batches, "lines": batcher.lines})
-
-    async def page(request: Request) -> FileResponse:
-        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html; charset=utf-8")
+    service = Service(translators, limits or Limits(), api_key, Metrics())
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = Batcher(translators, limits)
-        state["batcher"].start()
+        service.batcher = Batcher(translators, service.limits, service.metrics)
+        service.batcher.start()
         yield
-        await state["batcher"].stop()
+        await service.batcher.stop()
 
     app = Starlette(routes=[
         Route("/translate", translate, methods=["POST"]),
         Route("/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/", page, methods=["GET"]),
-    ], lifespan=lifespan)
-    app.state.batcher = state
+    ], lifespan=lifespan, exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(_Count, service=service)])
+    app.state.service = service
     return app
+
+
+class _Count:
+    """ASGI middleware: counts the answers by path and status (``/metrics``) and, once the service is shutting
+    down, closes every connection after its answer (``Connection: close``), so that no client sends its next
+    request on a socket that is about to close."""
+
+    PATHS = ("/translate", "/models", "/health", "/metrics", "/")
+
+    def __init__(self, app, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                if self.service.closing.is_set():
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = dict(message, headers=headers + [(b"connection", b"close")])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if self.service.metrics is not None:
+                path = scope.get("path", "")
+                self.service.metrics.requests.labels(path if path in self.PATHS else "other", str(status["code"])).inc()
 
 
 def load_translators(paths: List[str], threads: Optional[int] = None) -> Dict[str, LoadedTranslator]:
     """name -> translator: a file's (or folder's) name without its extension (made unique), in the order given."""
     translators: Dict[str, LoadedTranslator] = {}
     for path in paths:
-        base = os.path.splitext(os.path.basename(path))[0] or "model"
+        base = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or "model"
         name, n = base, 2
         while name in translators:
             name, n = f"{base}-{n}", n + 1
         translators[name] = load(path, threads)
     return translators
+
+
+def read_key(path: str) -> str:
+    """The API key in ``path`` (its first line, stripped); refuses an empty one."""
+    with open(path, encoding="utf-8") as f:
+        key = f.readline().strip()
+    if len(key) < 16:
+        raise ValueError(f"{path}: the API key must be at least 16 characters")
+    return key
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -323,26 +614,48 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("translators", nargs="+", metavar="translator")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--threads", type=int, help="CPU threads of each translation (ONNX Runtime's intra-op "
-                                                    "threads; default: the machine's cores)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of each translation (ONNX Runtime's intra-op threads; default 1: "
+                             "give more cores with --workers, so that a busy machine slows every request a little "
+                             "rather than some a lot)")
+    parser.add_argument("--api-key-file", help="a file whose first line is the key clients must send "
+                                               "(Authorization: Bearer KEY); /health and the page stay open")
     defaults = Limits()
     for name, value in defaults.__dict__.items():
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"default {value}")
     args = parser.parse_args(argv)
     limits = Limits(**{name: getattr(args, name) for name in defaults.__dict__})
+    for name, value in limits.__dict__.items():
+        if value < (0 if name == "shutdown_timeout" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
+        import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError:
-        parser.exit(1, "error: the HTTP service needs its extra: pip install 'fairseq_bahdanau[serve]' (starlette and "
-                       "uvicorn)\n")
+        parser.exit(1, "error: the HTTP service needs its extra: pip install 'fairseq_bahdanau[serve]' (starlette, "
+                       "uvicorn and prometheus-client)\n")
     try:
+        api_key = read_key(args.api_key_file) if args.api_key_file else None
         translators = load_translators(args.translators, args.threads)
     except (OSError, ValueError) as problem:
         parser.exit(1, f"error: {problem}\n")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    logger.info("serving %s on http://%s:%d/", ", ".join(translators), args.host, args.port)
-    uvicorn.run(build_app(translators, limits), host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=None)
+    logger.info("serving %s on http://%s:%d/%s", ", ".join(translators), args.host, args.port,
+                " (API key required)" if api_key else "")
+    app = build_app(translators, limits, api_key)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                            timeout_graceful_shutdown=limits.shutdown_timeout, limit_concurrency=limits.max_connections,
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server, telling the service when SIGTERM (or Ctrl-C) comes: its requests then get their
+        answers, or a 503, within --shutdown-timeout, and their connections close after them."""
+
+        def handle_exit(self, sig, frame) -> None:
+            app.state.service.close()
+            super().handle_exit(sig, frame)
+
+    _Server(config).run()
 
 
 if __name__ == "__main__":

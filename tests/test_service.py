@@ -54,14 +54,20 @@ class Server:
                 time.sleep(0.2)
         raise AssertionError("the server did not start within 60 s")
 
-    def get(self, path: str) -> Tuple[int, dict]:
-        with urllib.request.urlopen(self.url + path, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
+    def get(self, path: str, **headers: str) -> Tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                body = reply.read()
+                return reply.status, json.loads(body) if path != "/metrics" else body.decode()
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
 
-    def post(self, body, path: str = "/translate", raw: Optional[bytes] = None,
-             timeout: float = 120) -> Tuple[int, dict, Any]:
+    def post(self, body, path: str = "/translate", raw: Optional[bytes] = None, timeout: float = 120,
+             **headers: str) -> Tuple[int, dict, Any]:
         data = raw if raw is not None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json", **headers})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as reply:
                 return reply.status, json.loads(reply.read()), reply.headers
@@ -153,7 +159,7 @@ def test_batcher_joins_requests_of_one_key_keeps_the_others_in_order_and_bounds_
     release, calls = threading.Event(), []
 
     class Fake:
-        def details(self, lines, beam, nbest):
+        def details(self, lines, beam, nbest, stop=None):
             release.wait(10)
             calls.append((beam, list(lines)))
             return [Translation(line.upper(), [], None, None) for line in lines]
@@ -216,7 +222,16 @@ def test_a_line_that_is_too_long_gets_its_own_error_and_the_others_are_translate
     (json.dumps({"text": ["a"], "beam": 2, "nbest": 3}).encode(), 422, '"nbest"'),
     (json.dumps({"text": [1, 2]}).encode(), 422, "list of strings"),
     (json.dumps([1]).encode(), 422, "JSON object"),
-], ids=["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object"])
+    (json.dumps({"text": ["a"], "model": ["attention"]}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": {"a": 1}}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": ""}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": None}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": False}).encode(), 422, '"model" must be the name'),
+    (b'{"text": ["a"], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "nested too deeply"),
+    (b'{"text": ["a"], "beam": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
+    (json.dumps({"text": ["w " * 1000] * 64, "beam": 16}).encode(), 413, "units of work"),
+], ids=["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object", "model-list",
+        "model-dict", "model-empty", "model-null", "model-false", "nested", "digits", "work"])
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, sentences, raw, status, message):
     got, reply, _ = server.post(None, raw=raw)
     assert got == status and message in reply["error"]
@@ -329,3 +344,116 @@ def test_the_page_in_a_real_browser(server, sentences, tmp_path):
         print("screenshot:", tmp_path / "page.png")
     finally:
         driver.quit()
+
+
+# ---------------------------------------------------------------------------------------------- hostile use
+
+
+def test_errors_outside_translate_are_json_and_a_body_must_be_declared_json(server, sentences):
+    assert server.get("/nope") == (404, {"error": "no such endpoint: /nope (see GET /models, POST /translate)"})
+    status, reply = server.get("/translate")
+    assert status == 405 and "GET is not allowed on /translate" in reply["error"]
+    status, reply, _ = server.post({"text": sentences[:1]}, **{"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in reply["error"]
+
+
+def test_a_lone_surrogate_costs_only_its_own_line(server, sentences):
+    status, reply, _ = server.post({"text": ["\ud800", sentences[0], "a\udfffb"]})
+    assert status == 200
+    bad, good, worse = reply["results"]
+    assert "not valid Unicode" in bad["error"] and "not valid Unicode" in worse["error"] and good["translation"]
+    assert "\\ud800" not in server.output() and sentences[0] not in server.output()  # nobody's text in the log
+
+
+def test_the_filter_keeps_going_past_a_line_that_is_not_utf8(translators, sentences):
+    lines = [sentences[0].encode(), b"\xff\xfe broken", sentences[1].encode()]
+    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.serve", str(translators.attention)],
+                          input=b"".join(line + b"\n" for line in lines), capture_output=True, env=tool_env())
+    translator = load(str(translators.attention))
+    assert proc.returncode == 1
+    assert proc.stdout.decode().splitlines() == [translator([sentences[0]])[0], "", translator([sentences[1]])[0]]
+    assert "line 2 not translated: the line is not UTF-8 text" in proc.stderr.decode()
+
+
+def test_a_heavy_request_is_bounded_in_time_and_dropped_when_its_client_goes(translators, sentences):
+    """One worker: a heavy request whose client hangs up stops at its next decoder step, and one that outlives
+    --request-timeout gets 503; a light request behind either is answered within seconds, not minutes."""
+    server = Server([translators.attention], "--request-timeout", "3", "--max-work", "10000000",
+                    "--max-lines", "400")
+    heavy = {"text": [" ".join(sentences[:10])] * 300, "beam": 16}
+    try:
+        with pytest.raises(OSError):  # the client hangs up after 0.5 s
+            server.post(heavy, timeout=0.5)
+        start = time.time()
+        status, _, _ = server.post({"text": sentences[:1]})
+        assert status == 200 and time.time() - start < 5
+        start = time.time()
+        status, reply, headers = server.post(heavy)
+        assert status == 503 and "longer than 3 s" in reply["error"] and headers.get("Retry-After") == "1"
+        assert time.time() - start < 6
+        start = time.time()
+        assert server.post({"text": sentences[:1]})[0] == 200 and time.time() - start < 5
+    finally:
+        server.stop()
+
+
+def test_sigterm_is_bounded_by_the_shutdown_timeout(translators, sentences):
+    server = Server([translators.attention], "--shutdown-timeout", "2", "--max-work", "10000000",
+                    "--max-lines", "400")
+    reply: List = []
+    worker = threading.Thread(target=lambda: reply.append(
+        server.post({"text": [" ".join(sentences[:10])] * 300, "beam": 16})))
+    worker.start()
+    time.sleep(1.0)  # the request is being translated
+    start = time.time()
+    server.process.send_signal(signal.SIGTERM)
+    worker.join(timeout=30)
+    assert reply and reply[0][0] == 503 and "shutting down" in reply[0][1]["error"]
+    assert reply[0][2].get("Connection") == "close"
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM) and time.time() - start < 8
+    server.stop()
+
+
+def test_an_api_key_guards_everything_but_health_and_the_page(translators, sentences, tmp_path):
+    key = "k3y-" + "x" * 28
+    (tmp_path / "key").write_text(key + "\n")
+    server = Server([translators.attention], "--api-key-file", str(tmp_path / "key"))
+    try:
+        assert server.get("/health")[0] == 200
+        status, reply, headers = server.post({"text": sentences[:1]})
+        assert status == 401 and "Authorization: Bearer" in reply["error"] and headers["WWW-Authenticate"] == "Bearer"
+        assert server.post({"text": sentences[:1]}, Authorization="Bearer wrong")[0] == 401
+        assert server.get("/models")[0] == 401 and server.get("/metrics")[0] == 401
+        status, reply, _ = server.post({"text": sentences[:1]}, Authorization=f"Bearer {key}")
+        assert status == 200 and reply["results"][0]["translation"]
+        status, text = server.get("/metrics", Authorization=f"Bearer {key}")
+        assert status == 200 and 'translation_requests_total{path="/translate",status="200"} 1.0' in text
+        assert 'status="401"' in text and "translation_lines_total 1.0" in text
+        assert "translation_batch_lines_bucket" in text and "translation_queue_requests 0.0" in text
+        with urllib.request.urlopen(server.url + "/", timeout=30) as page:
+            assert page.status == 200
+    finally:
+        server.stop()
+
+
+def test_health_answers_503_when_a_worker_is_dead():
+    import asyncio
+    import types
+
+    from fairseq_bahdanau.service import Batcher, Limits, Service, health
+
+    async def scenario():
+        service = Service({}, Limits())
+        service.batcher = Batcher({}, Limits())
+        request = types.SimpleNamespace(app=types.SimpleNamespace(state=types.SimpleNamespace(service=service)),
+                                        headers={})
+        service.batcher.start()
+        alive = await health(request)
+        service.batcher.tasks[0].cancel()
+        await asyncio.sleep(0)
+        dead = await health(request)
+        await service.batcher.stop()
+        return alive, dead
+
+    alive, dead = asyncio.run(scenario())
+    assert alive.status_code == 200 and dead.status_code == 503 and b'"status":"down"' in dead.body

@@ -18,11 +18,15 @@ Shapes: ``B`` sentences, ``K`` beam, ``N = B * K`` hypotheses (the rows the mode
 sentence), ``S`` source positions, ``V`` target vocabulary, ``T`` target steps.
 """
 
-from typing import Any, List, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Tuple
 
 import numpy as np
 
 NEG_INF = np.float32(-np.inf)
+
+
+class Cancelled(Exception):
+    """The search was stopped between two decoder steps (``generate``'s ``stop``)."""
 
 
 class SearchOptions(NamedTuple):
@@ -101,10 +105,11 @@ def max_length(options: SearchOptions, src_len: int, max_decoder_positions: int)
 
 
 def generate(model: StepModel, src_tokens: np.ndarray, src_lengths: np.ndarray, vocab: Vocabulary,
-             options: SearchOptions, max_decoder_positions: int) -> List[List[Hypothesis]]:
+             options: SearchOptions, max_decoder_positions: int,
+             stop: Optional[Callable[[], bool]] = None) -> List[List[Hypothesis]]:
     """Beam search for a batch: ``src_tokens`` B x S (token ids, each sentence ending in end of sentence,
     padded), ``src_lengths`` B -> for each sentence its finished hypotheses, best first (``K`` of them, the beam
-    being at most V - 1)."""
+    being at most V - 1). ``stop``: asked before every decoder step; True raises ``Cancelled``."""
     bsz, src_len = src_tokens.shape
     beam = max(1, min(options.beam, vocab.size - 1))
     max_len = max_length(options, src_len, max_decoder_positions)
@@ -127,6 +132,8 @@ def generate(model: StepModel, src_tokens: np.ndarray, src_lengths: np.ndarray, 
     batch_idxs: Optional[np.ndarray] = None
 
     for step in range(max_len + 1):  # one extra step for the end of sentence
+        if stop is not None and stop():
+            raise Cancelled(f"stopped before step {step}")
         if reorder_state is not None:
             if batch_idxs is not None:  # sentences left the batch: map the new rows to the old batch's rows
                 corr = batch_idxs - np.arange(batch_idxs.size)

@@ -9,7 +9,7 @@ number of threads may translate at once (``InferenceSession.run`` is thread-safe
 state in its own call).
 """
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -167,15 +167,15 @@ class OnnxTranslator:
             tokens[row, : len(ids)] = ids
         return tokens, lengths
 
-    def translate(self, sentences: List[List[str]], beam: Optional[int] = None,
-                  nbest: int = 1) -> List[List[Hypothesis]]:
+    def translate(self, sentences: List[List[str]], beam: Optional[int] = None, nbest: int = 1,
+                  stop: Optional[Callable[[], bool]] = None) -> List[List[Hypothesis]]:
         """The ``nbest`` (at most ``beam``) best hypotheses of each sentence, best first, searched with a beam of
-        ``beam`` (default: the exported one)."""
+        ``beam`` (default: the exported one). ``stop``: see ``search.generate``."""
         if not sentences:
             return []
         options = self.options if beam is None else self.options._replace(beam=beam)
         tokens, lengths = self.encode(sentences)
-        found = generate(self.ensemble, tokens, lengths, self.vocabulary, options, self.max_decoder_positions)
+        found = generate(self.ensemble, tokens, lengths, self.vocabulary, options, self.max_decoder_positions, stop)
         out: List[List[Hypothesis]] = []
         for row, hypotheses in enumerate(found):
             length = int(lengths[row])
