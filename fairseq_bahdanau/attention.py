@@ -80,9 +80,8 @@ class _AdditiveEnergies(torch.autograd.Function):
 def additive_energies(keys: Tensor, query: Tensor, v: Tensor) -> Tensor:
     """``e = tanh(keys + query) v`` (eq. 6): keys B x S x A, query B x G x A, v A -> B x G x S; under autograd
     through ``_AdditiveEnergies``, which saves the memory of the tanh."""
-    if not torch.jit.is_scripting():  # TorchScript cannot compile autograd functions (and needs no backward)
-        if deferred.recording():
-            return _AdditiveEnergies.apply(keys, query, v)
+    if deferred.recording():
+        return _AdditiveEnergies.apply(keys, query, v)
     return torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2)).matmul(v)
 
 

@@ -31,9 +31,8 @@ multiply for all steps) and the whole output layer (applied once after the loop)
 (``--teacher-forcing-ratio`` below 1) is the only mode that needs the output layer inside the loop: it runs a
 loop of its own over the same step (``GRUDecoder._run_scheduled``, training only).
 
-The inference path is TorchScript-compatible (``torch.jit.script``; see ``export.py``): the training-only
-machinery (the tapes of ``deferred``, autocast's casts, scheduled feeding) is switched off by
-``torch.jit.is_scripting()``, which TorchScript treats as a constant.
+Deployment exports the family's step as an ONNX graph (``graphs.py``), which calls ``_new_source``, ``_step``,
+``_features`` and ``output_layer`` as they are.
 """
 
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -247,11 +246,10 @@ class GRUDecoder(FairseqIncrementalDecoder):
         source = self._source(encoder_out, incremental_state)
         state = self._initial_state(encoder_out, incremental_state)
         emb = self._embed(prev_output_tokens)
-        if not torch.jit.is_scripting():  # scheduled feeding is for training, which TorchScript is not
-            if self.training and self.teacher_forcing_ratio < 1.0 and incremental_state is None:
-                run, features, logits = self._run_scheduled(emb, state, source)
-                # the loop already applied the output layer, to these very features (one dropout mask)
-                return (features if features_only else logits), {"attn": [run.attn]}
+        if self.training and self.teacher_forcing_ratio < 1.0 and incremental_state is None:
+            run, features, logits = self._run_scheduled(emb, state, source)
+            # the loop already applied the output layer, to these very features (one dropout mask)
+            return (features if features_only else logits), {"attn": [run.attn]}
         run = self._run(emb, state, source)
         if incremental_state is not None:
             self._save_state(incremental_state, run.state)
@@ -338,17 +336,9 @@ class GRUDecoder(FairseqIncrementalDecoder):
     def _step_weights(self, steps: int, source: Source) -> Tuple[StepWeights, Source]:
         """Arrange the step's weights for ``steps`` steps (fusing costs a weight copy: worth it for many steps,
         not for the single step of an incremental call). For several steps under autograd, the weights and the
-        attention values (in the returned source) are shared through ``deferred`` tapes. In TorchScript
-        (inference, in the model's own dtype) the weights as they are."""
+        attention values (in the returned source) are shared through ``deferred`` tapes; under autocast they are
+        cast once here."""
         weights = self._weights(steps)
-        if torch.jit.is_scripting():
-            return weights, source
-        else:
-            return self._shared_weights(weights, steps, source)
-
-    def _shared_weights(self, weights: StepWeights, steps: int, source: Source) -> Tuple[StepWeights, Source]:
-        """``_step_weights`` in eager mode: cast under autocast, shared through tapes for several steps under
-        autograd."""
         # under autocast, cast once here rather than at every step (a no-op otherwise)
         hidden_weight, hidden_bias = precision.cast(weights.hidden_weight), precision.cast(weights.hidden_bias)
         feed_weight = None if weights.feed_weight is None else precision.cast(weights.feed_weight)
@@ -414,9 +404,8 @@ class GRUDecoder(FairseqIncrementalDecoder):
     def _update(self, input_gates: Tensor, hidden_gates: Tensor, state: State) -> List[Tensor]:
         """``s_t = GRU(x_t, s_{t-1})`` through every layer (dropout between layers), from the first layer's gates."""
         hidden = [self.layers[0].update(input_gates, hidden_gates, state.hidden[0])]
-        for i, layer in enumerate(self.layers):  # (TorchScript iterates over whole module lists only)
-            if i > 0:
-                hidden.append(layer(self.dropout_module(hidden[-1]), state.hidden[i]))
+        for layer, previous in zip(self.layers[1:], state.hidden[1:]):
+            hidden.append(layer(self.dropout_module(hidden[-1]), previous))
         return hidden
 
     def _embed(self, tokens: Tensor) -> Tensor:

@@ -16,8 +16,7 @@ and the engine runs a node only after every node that uses its output. The recor
 each forward call and emptied by the gathering node, so no state is kept on modules and a second backward
 (``retain_graph``) is exact too. Outside autograd (``torch.no_grad``, generation) and under mixed precision
 (``torch.autocast``, fairseq's ``--amp``), whose casts these hand-written backwards do not repeat, the plain
-operations run; so do they in TorchScript (``torch.jit.script``: inference), which cannot compile autograd
-functions.
+operations run.
 """
 
 from typing import List, Optional, Tuple
@@ -126,17 +125,13 @@ def autocast_enabled() -> bool:
 
 
 def recording() -> bool:
-    """Whether the hand-written backwards apply: autograd is recording and autocast is off (never in TorchScript)."""
-    if torch.jit.is_scripting():
-        return False
+    """Whether the hand-written backwards apply: autograd is recording and autocast is off."""
     return torch.is_grad_enabled() and not autocast_enabled()
 
 
 def share(tensor: Tensor) -> Tuple[Tensor, Optional[Tape]]:
     """Prepare ``tensor`` to be read at every step: returns the tensor to read and its tape (None when no
     gradient is being recorded or autocast is on, and then the plain operations run)."""
-    if torch.jit.is_scripting():
-        return tensor, None
     if not (recording() and tensor.requires_grad):
         return tensor, None
     tape = Tape()
@@ -145,8 +140,6 @@ def share(tensor: Tensor) -> Tuple[Tensor, Optional[Tape]]:
 
 def weighted_sum(weights: Tensor, values: Tensor, tape: Optional[Tape]) -> Tensor:
     """``bmm(weights, values)``: B x G x S, B x S x D -> B x G x D, with ``values`` from ``share``."""
-    if torch.jit.is_scripting():
-        return torch.bmm(weights, values)
     if tape is None:
         return torch.bmm(weights, values)
     return _WeightedSum.apply(weights, values, tape)
@@ -154,8 +147,6 @@ def weighted_sum(weights: Tensor, values: Tensor, tape: Optional[Tape]) -> Tenso
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], tape: Optional[Tape]) -> Tensor:
     """``F.linear(x, weight, bias)``: N x in -> N x out, with ``weight`` from ``share``."""
-    if torch.jit.is_scripting():
-        return F.linear(x, weight, bias)
     if tape is None:
         return F.linear(x, weight, bias)
     return _Linear.apply(x, weight, bias, tape)

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import precision
 from .dropout import Dropout, drop_words
@@ -16,8 +15,7 @@ EncoderOut = Dict[str, List[Tensor]]
 
 def row_copies(encoder_out: EncoderOut) -> int:
     """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence (beam search), else
-    1: the entry ``"row_copies": [tensor(k)]``, written out where it is used (TorchScript compiles no global
-    strings)."""
+    1: the entry ``"row_copies": [tensor(k)]``."""
     if "row_copies" in encoder_out:
         return int(encoder_out["row_copies"][0])
     return 1
@@ -247,19 +245,14 @@ class BiGRUEncoder(FairseqEncoder):
 
     def gru_weights(self) -> List[Tensor]:
         """``self.gru``'s weights as its kernel takes them (``gru.flat_gru_weights``)."""
-        if not torch.jit.is_scripting():
-            return flat_gru_weights(self.gru)
-        return self.gru._flat_weights
+        return flat_gru_weights(self.gru)
 
     def _packed_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """The same through ``pack_padded_sequence``: on GPUs, where cuDNN runs packed batches well and one
         direction's weights alone are not the contiguous block it expects. Dropout between layers wherever this
         encoder's dropout is active (``--retain-dropout`` included), as on the CPU path."""
-        if not torch.jit.is_scripting():
-            return packed_gru_kernel(x, lengths, self.gru_weights(), self.gru.num_layers, self.hidden_size,
-                                     self.gru.dropout, self.dropout_module.active)
-        packed_out, final = self.gru(pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False))  # inference
-        return pad_packed_sequence(packed_out, total_length=x.size(0))[0], final
+        return packed_gru_kernel(x, lengths, self.gru_weights(), self.gru.num_layers, self.hidden_size,
+                                 self.gru.dropout, self.dropout_module.active)
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
         """Select and reorder the batch (beam search): every entry, along its batch axis.

@@ -123,7 +123,7 @@ def flat_gru_weights(gru: nn.GRU) -> List[Tensor]:
     """Every layer's and direction's ``[weight_ih, weight_hh, bias_ih, bias_hh]`` of ``gru``, in one list in
     ``nn.GRU``'s order (layer by layer, forward then backward): its ``_flat_weights`` (the list its forward hands
     the kernel: on GPUs, views into one contiguous block), or the public ``all_weights`` where a PyTorch lacks
-    them. Eager mode (TorchScript reads ``_flat_weights`` itself: ``BiGRUEncoder.gru_weights``)."""
+    them."""
     flat = getattr(gru, "_flat_weights", None)
     if flat is not None:
         return list(flat)
@@ -145,8 +145,7 @@ def packed_gru_kernel(x: Tensor, lengths: Tensor, weights: List[Tensor], num_lay
                       dropout: float, train: bool) -> Tuple[Tensor, Tensor]:
     """A bidirectional stack over a right-padded batch through ``pack_padded_sequence`` (cuDNN runs packed
     batches best), as ``nn.GRU.forward`` runs a packed batch, dropout between layers where ``train``.
-    x S x B x I, lengths B -> outputs S x B x 2H (zero at padding), final states (num_layers * 2) x B x H.
-    Eager mode only (TorchScript runs ``nn.GRU`` itself on the packed batch)."""
+    x S x B x I, lengths B -> outputs S x B x 2H (zero at padding), final states (num_layers * 2) x B x H."""
     packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
     h0 = x.new_zeros(2 * num_layers, x.size(1), hidden_size)
     data, final = _VF.gru(packed.data, packed.batch_sizes, h0, weights, True, num_layers, dropout, train, True)

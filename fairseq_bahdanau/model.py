@@ -94,10 +94,9 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
         """The teacher-forced forward: logits B x T x V (or the output layer's input, ``features_only``) and the
         attention. With ``--autocast-bf16``, in training, under bfloat16 autocast (the logits are then bfloat16;
         fairseq's criteria take their log-softmax in float32)."""
-        if not torch.jit.is_scripting():  # TorchScript is for inference, in the model's own dtype
-            if self.autocast_bf16 and self.training:
-                with training_autocast(True, src_tokens):
-                    return self._forward(src_tokens, src_lengths, prev_output_tokens, features_only)
+        if self.autocast_bf16 and self.training:
+            with training_autocast(True, src_tokens):
+                return self._forward(src_tokens, src_lengths, prev_output_tokens, features_only)
         return self._forward(src_tokens, src_lengths, prev_output_tokens, features_only)
 
     def _forward(

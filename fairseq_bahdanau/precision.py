@@ -41,10 +41,7 @@ def autocast_dtype(tensor: Tensor) -> Optional[torch.dtype]:
 
 
 def cast(tensor: Tensor) -> Tensor:
-    """``tensor`` in autocast's dtype where autocast is on and ``tensor`` is float32; else ``tensor`` itself
-    (always in TorchScript, which runs inference in the model's own dtype)."""
-    if torch.jit.is_scripting():
-        return tensor
+    """``tensor`` in autocast's dtype where autocast is on and ``tensor`` is float32; else ``tensor`` itself."""
     dtype = autocast_dtype(tensor)
     if dtype is None or tensor.dtype != torch.float32:
         return tensor

@@ -7,8 +7,6 @@ Systems, each given the raw lines and returning detokenized lines (sentencepiece
 inside every system's time):
 
 * ``fairseq lstm``: fairseq's ``lstm`` checkpoint through fairseq's ``SequenceGenerator`` (eager torch);
-* ``ours TorchScript`` and ``ours TorchScript int8``: the translator ``fairseq_bahdanau.export`` wrote until
-  issue 34 (``torchscript_translator.py``: fairseq's generator scripted, int8 output layer), saved and loaded back;
 * ``ours ONNX`` and ``ours ONNX int8``: the translator it writes now (``python -m fairseq_bahdanau.export`` with
   and without ``--quantize``), through ``fairseq_bahdanau.serve.load`` (ONNX Runtime, numpy search);
 * ``transformer CT2`` and ``transformer CT2 int8``: fairseq's ``transformer`` checkpoint converted by
@@ -19,6 +17,9 @@ batch (so that this machine's drift falls on all of them alike); reported: milli
 90th percentile of a batch's time over its lines), sentences per second over the whole set, and sacreBLEU of the
 outputs (cased, detokenized, 13a), with fairseq lstm's median over each system's as the speed-up. Then, per
 system, in a fresh process: the time to load it and the resident memory after translating 20 lines.
+
+(The TorchScript translator that the ONNX one replaced was measured beside them by this script at commit
+7ea216c, the last one that could still script the model: examples/benchmark/README.md.)
 """
 
 import argparse
@@ -66,28 +67,6 @@ def fairseq_system(path: str, data: str, spm: str) -> Translate:
         for i, hypotheses in zip(order, found):
             out[i] = tgt_dict.string(hypotheses[0]["tokens"]).replace(" ", "").replace("\u2581", " ").strip()
         return out
-
-    return translate
-
-
-def torchscript_system(path: str, data: str, spm: str, quantize: bool, tmp: str) -> Translate:
-    import sentencepiece
-    import torch
-
-    import torchscript_translator
-    from fairseq_bahdanau.export import load
-
-    models, task = load([path], data, "de", "en")
-    file = os.path.join(tmp, f"ts{int(quantize)}.pt")
-    torch.jit.save(torchscript_translator.script(models, task, {}, quantize), file)
-    module = torch.jit.load(file)
-    sp = sentencepiece.SentencePieceProcessor(model_file=spm)
-
-    def translate(lines: List[str], beam: int) -> List[str]:
-        pieces = [" ".join(sp.encode(line.strip(), out_type=str)).split() for line in lines]
-        with torch.no_grad():
-            found = module.translate(pieces, beam, 1)
-        return ["".join(h[0][0]).replace("\u2581", " ").strip() for h in found]
 
     return translate
 
@@ -149,9 +128,6 @@ PROBES = {
             "t = ctranslate2.Translator(ARG, device='cpu', compute_type=COMPUTE, intra_threads=1); "
             "sp = sentencepiece.SentencePieceProcessor(model_file=SPM); "
             "t.translate_batch([sp.encode(l, out_type=str) + ['</s>'] for l in LINES], beam_size=5)"),
-    "torchscript": ("import torch, sentencepiece",
-                    "m = torch.jit.load(ARG); sp = sentencepiece.SentencePieceProcessor(model_file=SPM); "
-                    "m.translate([sp.encode(l, out_type=str) for l in LINES], 5, 1)"),
     "fairseq": ("import sys; sys.path.insert(0, HERE); from deploy import fairseq_system",
                 "t = fairseq_system(ARG, DATA, SPM); t(LINES, 5)"),
 }
@@ -185,7 +161,6 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--warmup", type=int, default=3, help="batches translated first and not counted")
-    parser.add_argument("--no-torchscript", action="store_true")
     parser.add_argument("--outputs", help="a folder for every system's translations")
     parser.add_argument("--footprint-only", action="store_true", help="only the load time and memory table")
     args = parser.parse_args()
@@ -202,11 +177,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         systems: Dict[str, Translate] = {"fairseq lstm": fairseq_system(args.lstm, args.data, args.spm)}
         files: Dict[str, tuple] = {"fairseq lstm": ("fairseq", args.lstm, "float32")}
-        if not args.no_torchscript:
-            for quantize in (False, True):
-                name = "ours TorchScript" + (" int8" if quantize else "")
-                systems[name] = torchscript_system(args.ours, args.data, args.spm, quantize, tmp)
-                files[name] = ("torchscript", os.path.join(tmp, f"ts{int(quantize)}.pt"), "float32")
         for quantize in (False, True):
             name = "ours ONNX" + (" int8" if quantize else "")
             folder = export_onnx(args.ours, args.data, args.spm, quantize, tmp)
