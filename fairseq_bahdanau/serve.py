@@ -91,7 +91,7 @@ def word_attention(pieces: Attention, sentencepiece: bool) -> Attention:
     return Attention(
         source=[joined(source[a:b]) for a, b in source_spans[:-1]] + [END],
         target=[joined(pieces.target[a:b]) for a, b in target_spans],
-        weights=[[round(float(w), 6) for w in row] for row in rows],
+        weights=np.round(np.stack(rows), 6).tolist() if rows else [],
     )
 
 
@@ -192,7 +192,7 @@ class LoadedTranslator:
         target, _, matrix = hypotheses[0]
         if matrix is None:  # a model without attention
             return Translation(nbest[0].text, nbest, None, None)
-        pieces = Attention(source + [END], list(target), [[round(float(w), 6) for w in row] for row in matrix.tolist()])
+        pieces = Attention(source + [END], list(target), np.round(matrix.astype(np.float64), 6).tolist())
         return Translation(nbest[0].text, nbest, word_attention(pieces, self.sp is not None), pieces)
 
 

@@ -81,9 +81,10 @@ def topk(x: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         part = np.argpartition(-x, k - 1, axis=1)[:, :k]
     else:
         part = np.broadcast_to(np.arange(x.shape[1]), x.shape).copy()
-    values = np.take_along_axis(x, part, axis=1)
+    rows = np.arange(x.shape[0])[:, None]
+    values = x[rows, part]
     order = np.argsort(-values, axis=1, kind="stable")
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(part, order, axis=1)
+    return values[rows, order], part[rows, order]
 
 
 def block_repeated_ngrams(tokens: np.ndarray, lprobs: np.ndarray, n: int, step: int) -> None:
@@ -194,10 +195,11 @@ def generate(model: StepModel, src_tokens: np.ndarray, src_lengths: np.ndarray, 
         cands_to_ignore = (new_cands_to_ignore >= cand_size)[:, :beam]
         assert (~cands_to_ignore).any(axis=1).all()
 
-        active_bbsz_idx = np.take_along_axis(cand_bbsz_idx, active_hypos, axis=1).reshape(-1)
-        active_scores = np.take_along_axis(cand_scores, active_hypos, axis=1)
+        sentences = np.arange(bsz)[:, None]
+        active_bbsz_idx = cand_bbsz_idx[sentences, active_hypos].reshape(-1)
+        active_scores = cand_scores[sentences, active_hypos]
         tokens[:, : step + 1] = tokens[active_bbsz_idx, : step + 1]
-        tokens.reshape(bsz, beam, -1)[:, :, step + 1] = np.take_along_axis(cand_indices, active_hypos, axis=1)
+        tokens.reshape(bsz, beam, -1)[:, :, step + 1] = cand_indices[sentences, active_hypos]
         if step > 0:
             scores[:, :step] = scores[active_bbsz_idx, :step]
         scores.reshape(bsz, beam, -1)[:, :, step] = active_scores
@@ -253,12 +255,16 @@ def _top_candidates(lprobs: np.ndarray, top: Tuple[np.ndarray, np.ndarray], scor
     token.)"""
     values, columns = top
     rows_all, vocab_size = lprobs.shape
-    extra = np.array([vocab.unk, vocab.eos], dtype=columns.dtype)
-    cols = np.concatenate([columns, np.broadcast_to(extra, (rows_all, 2))], axis=1)
-    vals = np.concatenate([values, lprobs[:, extra]], axis=1).astype(np.float32)
+    if options.unkpen >= 0 and step < max_len:  # nothing is raised: the rows' best tokens hold the candidates
+        cols, vals = columns, values.astype(np.float32)  # (a copy)
+        duplicate = np.zeros(cols.shape, dtype=bool)
+    else:  # unk raised, or the end of sentence forced: their columns too
+        extra = np.array([vocab.unk, vocab.eos], dtype=columns.dtype)
+        cols = np.concatenate([columns, np.broadcast_to(extra, (rows_all, 2))], axis=1)
+        vals = np.concatenate([values, lprobs[:, extra]], axis=1).astype(np.float32)
+        duplicate = np.zeros(cols.shape, dtype=bool)  # an extra column that is among the row's best already
+        duplicate[:, -2:] = (columns[:, :, None] == extra).any(axis=1)
     vals[np.isnan(vals)] = NEG_INF
-    duplicate = np.zeros(cols.shape, dtype=bool)  # an extra column that is among the row's best already
-    duplicate[:, -2:] = (columns[:, :, None] == extra).any(axis=1)
     vals[cols == vocab.pad] = NEG_INF
     vals[cols == vocab.unk] -= np.float32(options.unkpen)
     if step >= max_len:
@@ -278,8 +284,9 @@ def _top_candidates(lprobs: np.ndarray, top: Tuple[np.ndarray, np.ndarray], scor
     flat_vals = vals.reshape(bsz, -1)
     k = min(2 * beam, rows * vocab_size - 1)
     order = np.lexsort((flat_index, -flat_vals), axis=-1)[:, :k]
-    chosen = np.take_along_axis(flat_index, order, axis=1)
-    return np.take_along_axis(flat_vals, order, axis=1), chosen // vocab_size, chosen % vocab_size
+    sentences = np.arange(bsz)[:, None]
+    chosen = flat_index[sentences, order]
+    return flat_vals[sentences, order], chosen // vocab_size, chosen % vocab_size
 
 
 def _finalize(step: int, bbsz_idx: np.ndarray, eos_scores: np.ndarray, tokens: np.ndarray, scores: np.ndarray,
