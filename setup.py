@@ -2,7 +2,7 @@ from setuptools import setup
 
 setup(
     name="fairseq_bahdanau",
-    version="0.1.0",
+    version="0.2.0",
     description="The attention GRU encoder-decoder of Bahdanau et al. (2015) as a fairseq plugin (--user-dir)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

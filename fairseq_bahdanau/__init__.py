@@ -9,7 +9,7 @@ A program that imports this package before fairseq registers the model with :fun
 
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def register() -> None:

@@ -1,15 +1,15 @@
 """Load on the translation service: throughput and latency with 1, 4 and 16 concurrent clients, against the line
 filter translating one sentence at a time.
 
-    python examples/benchmark/load.py --translator translator.pt --sentences test.src [--clients 1,4,16]
+    python examples/benchmark/load.py --translator translator.onnx --sentences test.src [--clients 1,4,16]
         [--seconds 20] [--threads 1] [--json out.json]
 
 Both sides get the same translator, the same CPU threads for translating (``--threads``) and the same sentences,
 one sentence per request, in a fixed order per client:
 
-* ``filter``: ``python -m fairseq_bahdanau.serve translator.pt``, fed one line and read one line at a time (what a
+* ``filter``: ``python -m fairseq_bahdanau.serve translator.onnx``, fed one line and read one line at a time (what a
   single client of a filter gets: no batching), for ``--seconds``;
-* ``service, N clients``: ``python -m fairseq_bahdanau.serve --port P translator.pt`` on 127.0.0.1, and N client
+* ``service, N clients``: ``python -m fairseq_bahdanau.serve --port P translator.onnx`` on 127.0.0.1, and N client
   threads here, each sending its next sentence when the last one is answered, for ``--seconds``. The service
   batches what arrives together (``/health`` reports how many batches and lines it translated).
 
