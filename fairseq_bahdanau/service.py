@@ -34,7 +34,8 @@ requests wait, and one more gets 503 with ``Retry-After``. A request not answere
 seconds gets 503, and its translation stops at the next decoder step once no request waits for it any more (a
 client that hangs up counts as gone). SIGTERM (or Ctrl-C) stops taking connections, finishes the requests in flight
 for up to ``--shutdown-timeout`` seconds and answers the rest 503. At most ``--max-connections`` connections are
-served at once (more get 503), and idle kept-alive connections close after 5 seconds.
+served at once (more get 503), a connection that takes more than ``--header-timeout`` seconds to send a request's
+headers is closed, and idle kept-alive connections close after 5 seconds.
 """
 
 import argparse
@@ -69,6 +70,7 @@ class Limits:
     workers: int = 1  # batches translated at once, each in its own thread (the translators are shared)
     request_timeout: int = 60  # seconds a request may wait and be translated
     shutdown_timeout: int = 10  # seconds SIGTERM waits for the requests in flight
+    header_timeout: int = 10  # seconds a connection may take to send a request's headers
     max_connections: int = 256
     retry_after: int = 1  # seconds, in 503 answers
 
@@ -587,6 +589,44 @@ class _Count:
                 self.service.metrics.requests.labels(path if path in self.PATHS else "other", str(status["code"])).inc()
 
 
+def header_timeout_protocol(seconds: float):
+    """uvicorn's HTTP/1.1 protocol (h11) with a header timeout, which uvicorn lacks: a connection that has not sent
+    a whole request head ``seconds`` after it opened, or after it began the next one, is closed (so half-sent
+    headers cannot hold connections open)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._header_timer is None and self._waiting_for_headers():
+                self._header_timer = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11Protocol
+
+
 def load_translators(paths: List[str], threads: Optional[int] = None) -> Dict[str, LoadedTranslator]:
     """name -> translator: a file's (or folder's) name without its extension (made unique), in the order given."""
     translators: Dict[str, LoadedTranslator] = {}
@@ -645,7 +685,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     app = build_app(translators, limits, api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                             timeout_graceful_shutdown=limits.shutdown_timeout, limit_concurrency=limits.max_connections,
-                            timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
+                            http=header_timeout_protocol(limits.header_timeout))
 
     class _Server(uvicorn.Server):
         """uvicorn's server, telling the service when SIGTERM (or Ctrl-C) comes: its requests then get their

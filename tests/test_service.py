@@ -301,18 +301,9 @@ def test_sigterm_finishes_requests_in_flight_and_stops(translators, sentences):
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and os.environ.get("REQUIRE_BROWSER") != "1",
-                    reason="Debian's chromium and chromium-driver are not installed (make test installs them as "
-                           "root: tests/install_browser.sh); REQUIRE_BROWSER=1 makes this a failure")
-def test_the_page_in_a_real_browser(server, sentences, tmp_path):
-    """Chromium loads the page, a sentence is typed and translated: the attention model's panel shows its
-    translation and a heatmap with one row per target word and one column per source word (and </s>), the
-    fixed-context model's panel says it has no attention; a screenshot is written."""
+def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -320,7 +311,25 @@ def test_the_page_in_a_real_browser(server, sentences, tmp_path):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1400,900", f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+NEEDS_BROWSER = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and os.environ.get("REQUIRE_BROWSER") != "1",
+    reason="Debian's chromium and chromium-driver are not installed (make test installs them as root: "
+           "tests/install_browser.sh); REQUIRE_BROWSER=1 makes this a failure")
+
+
+@NEEDS_BROWSER
+def test_the_page_in_a_real_browser(server, sentences, tmp_path):
+    """Chromium loads the page, a sentence is typed and translated: the attention model's panel shows its
+    translation and a heatmap with one row per target word and one column per source word (and </s>), the
+    fixed-context model's panel says it has no attention; a screenshot is written."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser(tmp_path)
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 60)
@@ -436,6 +445,19 @@ def test_an_api_key_guards_everything_but_health_and_the_page(translators, sente
         server.stop()
 
 
+def test_half_sent_headers_are_dropped_after_the_header_timeout(translators, sentences):
+    server = Server([translators.attention], "--header-timeout", "2")
+    try:
+        start = time.time()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as slow:
+            slow.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            assert slow.recv(1024) == b""  # closed by the server
+        assert 1.5 < time.time() - start < 10
+        assert server.post({"text": sentences[:1]})[0] == 200
+    finally:
+        server.stop()
+
+
 def test_health_answers_503_when_a_worker_is_dead():
     import asyncio
     import types
@@ -457,3 +479,47 @@ def test_health_answers_503_when_a_worker_is_dead():
 
     alive, dead = asyncio.run(scenario())
     assert alive.status_code == 200 and dead.status_code == 503 and b'"status":"down"' in dead.body
+
+
+@NEEDS_BROWSER
+def test_the_page_keeps_a_long_sentence_in_its_panel_and_says_what_went_wrong(translators, sentences, tmp_path):
+    """A 49-word sentence: each heatmap stays inside its own panel (it scrolls); no model ticked: the page says so;
+    the service stopped: each panel shows the error and the status says how many failed (no endless
+    "translating...")."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    long = " ".join((" ".join(sentences)).split()[:49])
+    server = Server([translators.attention, translators.encdec])
+    driver = browser(tmp_path)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input.model")) == 2)
+        box = driver.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys(long)
+        driver.find_element(By.ID, "translate").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".panel[data-model=attention] table.heatmap"))
+        inside = driver.execute_script("""
+            const panel = document.querySelector('.panel[data-model=attention]').getBoundingClientRect();
+            const scroll = document.querySelector('.panel[data-model=attention] .scroll').getBoundingClientRect();
+            const other = document.querySelector('.panel[data-model=encdec]').getBoundingClientRect();
+            const table = document.querySelector('.panel[data-model=attention] table').getBoundingClientRect();
+            return [scroll.right <= panel.right + 1, table.width > scroll.width,
+                    !(scroll.right > other.left && scroll.left < other.right && scroll.top < other.bottom &&
+                      scroll.bottom > other.top)];""")
+        assert inside == [True, True, True], inside
+        for model in driver.find_elements(By.CSS_SELECTOR, "input.model"):
+            model.click()  # untick both
+        driver.find_element(By.ID, "translate").click()
+        assert driver.find_element(By.ID, "status").text == "choose at least one model"
+        driver.find_elements(By.CSS_SELECTOR, "input.model")[0].click()
+        server.stop()
+        driver.find_element(By.ID, "translate").click()
+        wait.until(lambda d: "could not translate" in d.find_element(By.ID, "status").text)
+        error = driver.find_element(By.CSS_SELECTOR, ".panel[data-model=attention] .error").text
+        assert "does not answer" in error
+    finally:
+        driver.quit()
+        server.stop()
