@@ -4,8 +4,8 @@ sentencepiece alone (no torch, no fairseq).
     python -m fairseq_bahdanau.export --path checkpoint_best.pt --data data-bin [--spm spm.model] \\
         --output translator.onnx [--quantize] [--source-lang de --target-lang en] [--beam 5 --lenpen 1 ...]
 
-The folder ``translator.onnx/`` holds, for each model of the ensemble (``--path a.pt:b.pt``), its encoder and
-its decoder step as ONNX graphs (``graphs.py``; ``modelI.encoder.onnx``, ``modelI.step.onnx``), the
+The folder ``translator.onnx/`` holds, for each model of the ensemble (``--path a.pt:b.pt``), its encoder (an
+input and a step graph per layer, and an output graph) and its decoder step as ONNX graphs (``graphs.py``), the
 dictionaries and the generation options in ``translator.json``, and the sentencepiece model
 (``sentencepiece.model``). ``python -m fairseq_bahdanau.serve translator.onnx`` translates with it (also from a
 zip archive of the folder's files); the search is fairseq's, in numpy (``runtime/search.py``), so that in float32
@@ -59,9 +59,10 @@ def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, tar
 
 
 def _export_graph(module: nn.Module, args, names_in: List[str], names_out: List[str], dynamic: Dict[str, Dict[int, str]],
-                  path: str, table, varargs: Optional[int] = None) -> None:
+                  path: str, varargs: Optional[int] = None, table=None) -> None:
     """``torch.onnx.export`` (the ``torch.export``-based exporter) of ``module`` on ``args`` to ``path``, every axis
-    named in ``dynamic`` left free; ``varargs``: the position from which ``module.forward`` takes ``*args``."""
+    named in ``dynamic`` left free; ``varargs``: the position from which ``module.forward`` takes ``*args``;
+    ``table``: ONNX translations of custom operators."""
     dims: Dict[str, torch.export.Dim] = {}
 
     def dim(name: str) -> "torch.export.Dim":
@@ -83,8 +84,10 @@ def _export_graph(module: nn.Module, args, names_in: List[str], names_out: List[
 
 
 def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> Dict[str, object]:
-    """Write ``model``'s two graphs into ``folder`` as ``PREFIX.encoder.onnx`` and ``PREFIX.step.onnx``;
-    returns what the runtime needs to know of them."""
+    """Write ``model``'s graphs into ``folder``: its encoder (``PREFIX.encoder.onnx``; or, with layer
+    normalisation or ``quantize``, ``PREFIX.encoderL.input.onnx`` and ``PREFIX.encoderL.step.onnx`` for each layer
+    L and ``PREFIX.encoder.output.onnx``) and its decoder step (``PREFIX.step.onnx``); returns what the runtime
+    needs to know of them (see ``graphs.py``)."""
     from . import graphs
 
     problem = graphs.unsupported(model)
@@ -92,8 +95,9 @@ def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> 
         raise ValueError(problem)
     kind = graphs.family(model)
     model = graphs.split_inputs(model)
-    encoder_graph, step_graph = graphs.EncoderGraph(model).eval(), graphs.StepGraph(model).eval()
-    table = {torch.ops.fairseq_bahdanau.bigru.default: graphs.bigru_onnx(model.encoder.hidden_size)}
+    step_graph = graphs.StepGraph(model).eval()
+    encoder = model.encoder
+    hidden_enc, layers_enc = encoder.hidden_size, encoder.gru.num_layers
 
     # example inputs: B = 2 sentences of S = 5 positions, N = 6 hypotheses (distinct sizes keep the axes apart)
     dictionary = model.encoder.dictionary
@@ -103,11 +107,31 @@ def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> 
     src[1, :3] = torch.tensor([first + 1, first, dictionary.eos()])
     lengths = torch.tensor([5, 3])
     source_names = graphs.SOURCE_OUTPUTS[kind]
-    encoder_out = ["decoder_init"] + source_names
-    files = {"encoder": f"{prefix}.encoder.onnx", "step": f"{prefix}.step.onnx"}
-    _export_graph(encoder_graph, (src, lengths), ["src_tokens", "src_lengths"], encoder_out,
-                  {"src_tokens": {0: "B", 1: "S"}, "src_lengths": {0: "B"}},
-                  os.path.join(folder, files["encoder"]), table)
+    if encoder.norms is None and not quantize:  # one graph, the GRU as ONNX's operator
+        files: Dict[str, object] = {"encoder": f"{prefix}.encoder.onnx", "step": f"{prefix}.step.onnx"}
+        table = {torch.ops.fairseq_bahdanau.bigru.default: graphs.bigru_onnx(hidden_enc)}
+        _export_graph(graphs.EncoderGraph(model).eval(), (src, lengths), ["src_tokens", "src_lengths"],
+                      ["decoder_init"] + source_names, {"src_tokens": {0: "B", 1: "S"}, "src_lengths": {0: "B"}},
+                      os.path.join(folder, str(files["encoder"])), table=table)
+    else:  # the layers step by step (layer normalisation; int8 recurrent matrices), then the outputs
+        files = {"encoder_layers": [], "encoder_output": f"{prefix}.encoder.output.onnx",
+                 "step": f"{prefix}.step.onnx"}
+        for layer in range(layers_enc):
+            names = {"input": f"{prefix}.encoder{layer}.input.onnx", "step": f"{prefix}.encoder{layer}.step.onnx"}
+            files["encoder_layers"].append(names)
+            example = src if layer == 0 else torch.zeros(5, 2, 2 * hidden_enc)
+            _export_graph(graphs.EncoderInputGraph(model, layer).eval(), (example,), ["x"], ["gates"],
+                          {"x": {0: "B", 1: "S"} if layer == 0 else {0: "S", 1: "B"}},
+                          os.path.join(folder, names["input"]))
+            _export_graph(graphs.EncoderStepGraph(model, layer).eval(),
+                          (torch.zeros(2, 2, hidden_enc), torch.zeros(2, 2, 3 * hidden_enc)), ["hidden", "gates"],
+                          ["hidden_out"], {"hidden": {1: "B"}, "gates": {1: "B"}},
+                          os.path.join(folder, names["step"]))
+        _export_graph(graphs.EncoderOutputGraph(model).eval(),
+                      (torch.zeros(5, 2, encoder.output_dim), torch.zeros(2, encoder.output_dim), lengths),
+                      ["annotations", "top", "src_lengths"], ["decoder_init"] + source_names,
+                      {"annotations": {0: "S", 1: "B"}, "top": {0: "B"}, "src_lengths": {0: "B"}},
+                      os.path.join(folder, str(files["encoder_output"])))
 
     # the step's example source side, of the shapes the encoder graph gives (values do not matter to the export)
     decoder = model.decoder
@@ -134,11 +158,13 @@ def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> 
     inputs.append(torch.ones(1))
     names_in, names_out = graphs.step_io(kind)
     _export_graph(step_graph, inputs, names_in, names_out, dynamic,
-                  os.path.join(folder, files["step"]), table, varargs=2)
+                  os.path.join(folder, files["step"]), varargs=2)
     if quantize:
-        for name in files.values():
-            quantize_graph(os.path.join(folder, name))
+        for name in [files["encoder_output"], files["step"]] + [
+                n for names in files["encoder_layers"] for n in names.values()]:  # (quantize: the stepped form)
+            quantize_graph(os.path.join(folder, str(name)))
     return {"files": files, "family": kind, "layers": layers, "hidden_size": hidden,
+            "encoder_hidden_size": hidden_enc,
             "source_outputs": source_names, "step_inputs": names_in, "step_outputs": names_out,
             "attention": kind != "none"}
 

@@ -1,27 +1,38 @@
-"""The model as two ONNX graphs: the encoder, once per batch, and one decoder step, once per target position.
+"""The model as ONNX graphs: the encoder's GRU layers step by step, its outputs, and one decoder step.
 
 ``export.py`` writes them with ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter) from
-the two modules below, which call the model's own code (the decoder family's ``_new_source``, ``_step``,
-``_features`` and ``output_layer``), so that the graphs compute what fairseq's generator computes. The search
-runs outside them, in numpy (``runtime/search.py``).
+the modules below, which call the model's own code (``gru.gru_update``, the layer normalisations, the decoder
+family's ``_new_source``, ``_step``, ``_features`` and ``output_layer``), so that the graphs compute what fairseq's
+generator computes. The loops run outside them, in numpy (``runtime/translator.py``, ``runtime/search.py``).
 
-``EncoderGraph``: ``src_tokens`` B x S (right-padded, each sentence ending in end of sentence), ``src_lengths`` B
--> ``decoder_init`` B x L x H and the decoder family's source side (``SOURCE_OUTPUTS``):
+The encoder is one of two forms. ``EncoderGraph`` (float32 models without ``--layer-norm``): ``src_tokens`` B x S
+(right-padded), ``src_lengths`` B -> ``decoder_init`` and the source side (as ``EncoderOutputGraph`` below), the
+bidirectional GRU as ONNX's ``GRU`` operator (``linear_before_reset=1`` is PyTorch's GRU; ``sequence_lens`` makes
+it exact for every sentence of a padded batch): the exporter's own translation of ``nn.GRU`` fixes the time axis
+to the example's length, so the graph calls a custom operator (``fairseq_bahdanau::bigru``) translated by
+``bigru_onnx``. Or, with ``--layer-norm`` (which the operator does not have) and for ``--quantize`` (the operator
+has no int8 form, and reads its two 3H x H float32 matrices at every position), the layers step by step, for each
+layer ``l`` (``runtime.translator._encode_steps`` loops over positions, both directions at once, the backward
+direction reading each sentence reversed within its own length, so a padded batch is exact):
 
-* additive, dot, general: ``keys`` B x S x A, ``values`` B x S x V and ``mask_bias`` B x S (0, or -inf at
-  padding), one row per sentence: the step reads them for a group of hypotheses per sentence;
-* none (the fixed context): ``context`` B x C and ``gates`` B x 3H, which the runtime repeats for every hypothesis.
+* ``EncoderInputGraph``: the layer's input gates of every position and both directions, ``W_ih x + b_ih``
+  (layer-normalised with ``--layer-norm``): ``x`` (layer 0: ``src_tokens`` B x S; above: the layer below's
+  annotations S x B x 2H) -> ``gates`` S x B x 2 x 3H;
+* ``EncoderStepGraph``: one step of both directions, ``hidden`` 2 x B x H and ``gates`` 2 x B x 3H -> ``hidden``
+  2 x B x H (PyTorch's GRU equations, ``gru.gru_update``); its recurrent matrices are whole constant matrices,
+  which ``--quantize`` makes int8;
+* ``EncoderOutputGraph``: the top layer's ``annotations`` S x B x 2H (zero at padding), its final states
+  ``top`` B x 2H (``[h->_Tx; h<-_1]``) and ``src_lengths`` -> ``decoder_init`` B x L x H and the decoder family's
+  source side (``SOURCE_OUTPUTS``): additive, dot, general: ``keys`` B x S x A, ``values`` B x S x V and
+  ``mask_bias`` B x S (0, or -inf at padding), one row per sentence, which the step reads for a group of
+  hypotheses per sentence; none (the fixed context): ``context`` B x C and ``gates`` B x 3H, which the runtime
+  repeats for every hypothesis.
 
 ``StepGraph``: ``prev_tokens`` N, ``hidden`` N x L x H, Luong's ``feed`` N x H (dot, general), the source side,
 ``temperature`` (1) -> ``lprobs`` N x V (``log_softmax(logits / temperature)``, as fairseq's ensemble scores a
-step), the ``TOP`` best of each row (``top_values``, ``top_indices``), ``hidden`` and ``feed`` after the step, and ``attn`` N x S (attention families). With attention the N
-hypotheses come in B groups of N / B, group b reading row b of the source side.
-
-The bidirectional GRU is ONNX's ``GRU`` operator (``linear_before_reset=1`` is PyTorch's GRU;
-``sequence_lens`` makes it exact for every sentence of a padded batch, the backward direction starting at each
-sentence's own end): the exporter's own translation of ``nn.GRU`` fixes the time axis to the example's length,
-so the encoder calls it through a custom operator (``fairseq_bahdanau::bigru``) translated by ``bigru_onnx``.
-Layer-normalised GRUs (``--layer-norm``) have no ONNX operator and are refused (``unsupported``).
+step), the ``TOP`` best of each row (``top_values``, ``top_indices``), ``hidden`` and ``feed`` after the step, and
+``attn`` N x S (attention families). With attention the N hypotheses come in B groups of N / B, group b reading
+row b of the source side.
 """
 
 from typing import List, Optional, Tuple
@@ -29,6 +40,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .gru import gru_update
 
 #: the most tokens of each hypothesis the step graph ranks (``top_values``, ``top_indices``): 2 x 16 + 3, what
 #: the search needs for beams of up to 16 (``runtime/search.py``, ``_top_candidates``)
@@ -47,9 +60,6 @@ def family(model: nn.Module) -> str:
 
 def unsupported(model: nn.Module) -> Optional[str]:
     """Why ``model`` cannot be exported as ONNX graphs, or None."""
-    if getattr(model.encoder, "norms", None) is not None:
-        return ("the model was trained with --layer-norm: ONNX has no GRU with normalised gates, so the ONNX "
-                "export does not cover it (translate it with fairseq-interactive)")
     if str(getattr(model.decoder, "attention_type", "")) not in ("additive", "dot", "general", "none"):
         return f"unknown --attention-type {model.decoder.attention_type!r}"
     return None
@@ -122,18 +132,15 @@ def _onnx_gates(t: Tensor, hidden: int) -> Tensor:
 
 
 class EncoderGraph(nn.Module):
-    """The encoder and the decoder's source side (see the module docstring)."""
+    """The encoder in one graph, its GRU as ONNX's operator, and ``EncoderOutputGraph`` (see the module
+    docstring)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         encoder = model.encoder
         self.embed_tokens = encoder.embed_tokens
-        self.init_state = encoder.init_state
-        self.decoder = model.decoder
-        self.decoder_layers = encoder.decoder_layers
-        self.decoder_hidden_size = encoder.decoder_hidden_size
+        self.output = EncoderOutputGraph(model)
         self.hidden_size = encoder.hidden_size
-        self.family = family(model)
         gru, hidden = encoder.gru, encoder.hidden_size
         for layer in range(gru.num_layers):
             w, r, b = [], [], []
@@ -158,9 +165,78 @@ class EncoderGraph(nn.Module):
                              getattr(self, f"b{layer}"))
             x = y.permute(0, 2, 1, 3).reshape(steps, bsz, 2 * self.hidden_size)  # S x B x 2H: [h->_j; h<-_j]
         top = torch.cat([final[0], final[1]], dim=1)  # B x 2H: [h->_Tx; h<-_1]
+        return self.output(x, top, src_lengths)
+
+
+class EncoderInputGraph(nn.Module):
+    """Layer ``layer``'s input gates of every position, both directions (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, layer: int) -> None:
+        super().__init__()
+        encoder = model.encoder
+        gru = encoder.gru
+        self.embed_tokens = encoder.embed_tokens if layer == 0 else None
+        weights = [getattr(gru, f"weight_ih_l{layer}{suffix}").detach() for suffix in ("", "_reverse")]
+        biases = [getattr(gru, f"bias_ih_l{layer}{suffix}").detach() for suffix in ("", "_reverse")]
+        self.weight = nn.Parameter(torch.cat(weights).clone(), requires_grad=False)  # 2 x 3H x I, stacked
+        self.bias = nn.Parameter(torch.cat(biases).clone(), requires_grad=False)
+        norms = encoder.norms
+        self.norms = None if norms is None else nn.ModuleList([norms[2 * layer].input, norms[2 * layer + 1].input])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.embed_tokens is not None:
+            x = self.embed_tokens(x).transpose(0, 1)  # B x S -> S x B x E
+        gates = F.linear(x, self.weight, self.bias).unflatten(-1, (2, -1))  # S x B x 2 x 3H
+        if self.norms is not None:
+            gates = torch.stack([self.norms[0](gates[:, :, 0]), self.norms[1](gates[:, :, 1])], dim=2)
+        return gates
+
+
+class EncoderStepGraph(nn.Module):
+    """One step of layer ``layer``'s two directions (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, layer: int) -> None:
+        super().__init__()
+        encoder = model.encoder
+        gru = encoder.gru
+
+        def weight(name: str) -> nn.Parameter:
+            return nn.Parameter(getattr(gru, name).detach().clone(), requires_grad=False)
+
+        self.forward_weight, self.forward_bias = weight(f"weight_hh_l{layer}"), weight(f"bias_hh_l{layer}")
+        self.backward_weight = weight(f"weight_hh_l{layer}_reverse")
+        self.backward_bias = weight(f"bias_hh_l{layer}_reverse")
+        norms = encoder.norms
+        self.norms = None if norms is None else nn.ModuleList([norms[2 * layer].hidden, norms[2 * layer + 1].hidden])
+
+    def forward(self, hidden: Tensor, gates: Tensor) -> Tensor:
+        out = []
+        for direction, (w, b) in enumerate([(self.forward_weight, self.forward_bias),
+                                            (self.backward_weight, self.backward_bias)]):
+            hidden_gates = F.linear(hidden[direction], w, b)
+            if self.norms is not None:
+                hidden_gates = self.norms[direction](hidden_gates)
+            out.append(gru_update(gates[direction], hidden_gates, hidden[direction]))
+        return torch.stack(out)
+
+
+class EncoderOutputGraph(nn.Module):
+    """The decoder's initial state and source side from the top layer (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        encoder = model.encoder
+        self.init_state = encoder.init_state
+        self.decoder = model.decoder
+        self.decoder_layers = encoder.decoder_layers
+        self.decoder_hidden_size = encoder.decoder_hidden_size
+        self.family = family(model)
+
+    def forward(self, annotations: Tensor, top: Tensor, src_lengths: Tensor) -> Tuple[Tensor, ...]:
+        bsz, steps = top.size(0), annotations.size(0)
         init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
         padding_mask = torch.arange(steps).unsqueeze(0) >= src_lengths.unsqueeze(1)  # B x S
-        encoder_out = {"encoder_out": [x], "encoder_padding_mask": [padding_mask], "decoder_init": [init],
+        encoder_out = {"encoder_out": [annotations], "encoder_padding_mask": [padding_mask], "decoder_init": [init],
                        "encoder_summary": [top]}
         source = self.decoder._new_source(encoder_out, incremental=False)
         if self.family == "none":

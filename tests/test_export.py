@@ -1,11 +1,10 @@
 """The ONNX translator (issue 34): ``python -m fairseq_bahdanau.export`` and the runtime that reads it.
 
-* Every exportable variant (each attention type, deeper stacks, each output layer, tied embeddings), exported as
+* Every variant (each attention type, deeper stacks, each output layer, tied embeddings, layer norm), exported as
   graphs and searched by the numpy port of fairseq's beam search, gives fairseq's ``SequenceGenerator``'s
   hypotheses: the same tokens, scores, positional scores and attention (within float32 rounding), beam 1 and 5,
   one sentence and a padded batch, and the options the runtime implements (``--lenpen``, ``--unkpen``,
   ``--min-len``, ``--max-len-a/b``, ``--no-repeat-ngram-size``, ``--temperature``, n-best lists).
-* Layer-normalised models are refused with a message saying why.
 * The exported translator of a trained model (and of an ensemble) writes exactly ``fairseq-interactive``'s ``D-``
   lines, in a process where neither torch nor fairseq can be imported, including an empty line and a line of
   unknown words, one line at a time and in padded batches.
@@ -25,7 +24,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from helpers import IDS, VARIANTS, pad_batch, random_sentences, run, tool_env, USER_DIR
 
-EXPORTABLE = [(v, i) for v, i in zip(VARIANTS, IDS) if not v.get("layer_norm")]
+EXPORTABLE = list(zip(VARIANTS, IDS))  # every variant, layer normalisation included
 
 
 def write(model, path, **options):
@@ -123,14 +122,6 @@ def test_ensembles_average_as_fairseqs(tmp_path):
     ours = generate(translator.ensemble, pad_batch(sentences, src_dict.pad(), left=False).numpy(), lengths.numpy(),
                     translator.vocabulary, SearchOptions(beam=4, max_len_b=10), translator.max_decoder_positions)
     assert_same(reference, ours, sentences, left.size(1))
-
-
-def test_layer_norm_models_are_refused_with_the_reason(tmp_path):
-    from helpers import build_model
-
-    with pytest.raises(ValueError, match="--layer-norm: ONNX has no GRU with normalised gates"):
-        write(build_model(attention_type="additive", layer_norm=True), tmp_path / "t.onnx")
-    assert not (tmp_path / "t.onnx").exists()
 
 
 # ------------------------------------------------------------------ the exported translator of a trained model

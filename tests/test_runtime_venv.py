@@ -1,5 +1,5 @@
 """A deployment without torch (issue 34): a virtual environment holding exactly ONNX Runtime, numpy and
-sentencepiece, the service's starlette and uvicorn (with what they need), and this package installed with
+sentencepiece, the service's starlette, uvicorn and prometheus-client (with what they need), and this package installed with
 ``--no-deps``. torch and fairseq cannot be imported there, and the filter and the service translate exactly as
 the translator does in the development environment."""
 
@@ -15,8 +15,8 @@ import urllib.request
 
 #: what the deployment may hold (pip's own tools besides)
 ALLOWED = {"onnxruntime", "numpy", "sentencepiece", "starlette", "uvicorn", "fairseq-bahdanau", "fairseq_bahdanau",
-           "anyio", "idna", "sniffio", "typing-extensions", "typing_extensions", "h11", "click", "pip", "setuptools",
-           "wheel"}
+           "anyio", "idna", "sniffio", "typing-extensions", "typing_extensions", "h11", "click", "prometheus-client",
+           "prometheus_client", "pip", "setuptools", "wheel"}
 
 
 def pinned(name: str) -> str:
@@ -41,7 +41,7 @@ def test_a_venv_without_torch_runs_the_filter_and_the_service(translators, tmp_p
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     pip("--no-deps", pinned("onnxruntime"))  # its other requirements are for its Python tools, not sessions
-    pip(pinned("numpy"), pinned("sentencepiece"), pinned("starlette"), pinned("uvicorn"))
+    pip(pinned("numpy"), pinned("sentencepiece"), pinned("starlette"), pinned("uvicorn"), pinned("prometheus-client"))
     source = tmp_path / "src"  # the package, installed as a deployment installs it
     source.mkdir()
     for name in ("setup.py", "README.md"):

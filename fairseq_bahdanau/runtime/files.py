@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 META_FILE = "translator.json"
 SPM_FILE = "sentencepiece.model"
 #: the format written by ``fairseq_bahdanau.export``; a file in another format is refused with a clear message
-FORMAT = "fairseq_bahdanau.onnx/1"
+FORMAT = "fairseq_bahdanau.onnx/2"
 
 REEXPORT = ("export it again with this version: python -m fairseq_bahdanau.export --path CHECKPOINT --data DATA "
             "[--spm SPM] --output translator.onnx")

@@ -27,7 +27,9 @@ class Hypothesis(NamedTuple):
 
 
 class _Model(NamedTuple):
-    encoder: Any  # onnxruntime.InferenceSession
+    encoder: Any  # onnxruntime.InferenceSession of the whole encoder, or None where it comes in steps:
+    encoder_layers: List[Tuple[Any, Any]]  # each layer's input and step graphs
+    encoder_output: Any
     step: Any
     family: str  # additive, luong or none
     source_outputs: List[str]
@@ -45,6 +47,34 @@ class _State(NamedTuple):
     source: List[Dict[str, np.ndarray]]
 
 
+def _encode_steps(model: _Model, src_tokens: np.ndarray, src_lengths: np.ndarray) -> List[np.ndarray]:
+    """The encoder graphs' outputs (``decoder_init`` and the source side) for a right-padded batch: each layer's
+    two directions stepped together over the positions, the backward direction reading every sentence reversed
+    within its own length; a sentence's state stays as it is past its length, and its annotations there are 0."""
+    steps, bsz = src_tokens.shape[1], src_tokens.shape[0]
+    time = np.arange(steps)[:, None]
+    valid = time < src_lengths[None, :]  # S x B
+    reverse = np.where(valid, src_lengths[None, :] - 1 - time, time)  # S x B, its own inverse
+    columns = np.arange(bsz)[None, :]
+    x: np.ndarray = src_tokens
+    hidden = None
+    for input_graph, step_graph in model.encoder_layers:
+        gates = input_graph.run(None, {"x": x})[0]  # S x B x 2 x 3H
+        gates = np.stack([gates[:, :, 0], gates[reverse, columns, 1]], axis=1)  # S x 2 x B x 3H, backward reversed
+        size = gates.shape[-1] // 3
+        hidden = np.zeros((2, bsz, size), dtype=np.float32)
+        outputs = np.zeros((steps, 2, bsz, size), dtype=np.float32)
+        for t in range(steps):
+            new = step_graph.run(None, {"hidden": hidden, "gates": gates[t]})[0]
+            keep = valid[t][None, :, None]
+            hidden = np.where(keep, new, hidden)
+            outputs[t] = np.where(keep, hidden, np.float32(0))
+        x = np.concatenate([outputs[:, 0], outputs[reverse, 1, columns]], axis=2)  # S x B x 2H
+    assert hidden is not None
+    top = np.concatenate([hidden[0], hidden[1]], axis=1)  # [h->_Tx; h<-_1]
+    return model.encoder_output.run(None, {"annotations": x, "top": top, "src_lengths": src_lengths})
+
+
 class _Ensemble:
     """The graphs of every model as ``search.StepModel``: log-probabilities averaged in probability space and
     attention averaged, as fairseq's ``EnsembleModel`` does."""
@@ -56,7 +86,10 @@ class _Ensemble:
     def start(self, src_tokens: np.ndarray, src_lengths: np.ndarray, beam: int) -> _State:
         hidden, feed, source = [], [], []
         for model in self.models:
-            init, *side = model.encoder.run(None, {"src_tokens": src_tokens, "src_lengths": src_lengths})
+            if model.encoder is not None:
+                init, *side = model.encoder.run(None, {"src_tokens": src_tokens, "src_lengths": src_lengths})
+            else:
+                init, *side = _encode_steps(model, src_tokens, src_lengths)
             hidden.append(np.repeat(init, beam, axis=0))
             feed.append(np.zeros((hidden[-1].shape[0], init.shape[2]), dtype=np.float32)
                         if model.family == "luong" else None)
@@ -129,9 +162,16 @@ class OnnxTranslator:
         def session(name: str):
             return onnxruntime.InferenceSession(self.files.read(name), options, providers=["CPUExecutionProvider"])
 
-        self.models = [_Model(session(m["files"]["encoder"]), session(m["files"]["step"]), m["family"],
+        def model(m: Dict[str, Any]) -> _Model:
+            files = m["files"]
+            if "encoder" in files:
+                return _Model(session(files["encoder"]), [], None, session(files["step"]), m["family"],
                               list(m["source_outputs"]), list(m["step_inputs"]), list(m["step_outputs"]))
-                       for m in self.meta["models"]]
+            layers = [(session(layer["input"]), session(layer["step"])) for layer in files["encoder_layers"]]
+            return _Model(None, layers, session(files["encoder_output"]), session(files["step"]), m["family"],
+                          list(m["source_outputs"]), list(m["step_inputs"]), list(m["step_outputs"]))
+
+        self.models = [model(m) for m in self.meta["models"]]
         self.source_index: Dict[str, int] = {s: i for i, s in enumerate(self.meta["source_symbols"])}
         self.target_symbols: List[str] = list(self.meta["target_symbols"])
         source, target = self.meta["source_special"], self.meta["target_special"]
