@@ -4,8 +4,8 @@ sentencepiece alone (no torch, no fairseq).
     python -m fairseq_bahdanau.export --path checkpoint_best.pt --data data-bin [--spm spm.model] \\
         --output translator.onnx [--quantize] [--source-lang de --target-lang en] [--beam 5 --lenpen 1 ...]
 
-The folder ``translator.onnx/`` holds, for each model of the ensemble (``--path a.pt:b.pt``), its encoder (an
-input and a step graph per layer, and an output graph) and its decoder step as ONNX graphs (``graphs.py``), the
+The folder ``translator.onnx/`` holds, for each model of the ensemble (``--path a.pt:b.pt``), its encoder and its
+decoder step as ONNX graphs (``graphs.py``), the
 dictionaries and the generation options in ``translator.json``, and the sentencepiece model
 (``sentencepiece.model``). ``python -m fairseq_bahdanau.serve translator.onnx`` translates with it (also from a
 zip archive of the folder's files); the search is fairseq's, in numpy (``runtime/search.py``), so that in float32
