@@ -307,13 +307,16 @@ def result_json(translation: Translation) -> Dict[str, Any]:
 
 
 def _integer(request: Dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    """``request[name]`` (``default`` where absent), an integer from ``low`` to ``high``, or ``BadRequest``."""
     value = request.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        shown = json.dumps(value)[:40] if isinstance(value, (str, float, bool, list, dict)) or value is None else "?"
-        if isinstance(value, int) and not isinstance(value, bool):
-            shown = str(value) if abs(value) < 10 ** 30 else "a number of more than 30 digits"
-        raise BadRequest(422, f'"{name}" must be an integer from {low} to {high}, got {shown}')
-    return value
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if integer and low <= value <= high:
+        return value
+    if integer:
+        shown = str(value) if abs(value) < 10 ** 30 else "a number of more than 30 digits"
+    else:
+        shown = json.dumps(value)[:40]
+    raise BadRequest(422, f'"{name}" must be an integer from {low} to {high}, got {shown}')
 
 
 def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limits) -> Tuple[Tuple[str, int, int],
