@@ -243,6 +243,12 @@ def filter_lines(translate: LoadedTranslator, lines: Iterable[Optional[str]], ba
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--port" or a.startswith("--port=") for a in argv):  # the service parses its own options
+        from . import service
+
+        service.main(argv)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("translators", nargs="+", metavar="translator",
                         help="the file(s) fairseq_bahdanau.export wrote (the filter takes one)")
@@ -253,12 +259,6 @@ def main(argv: Optional[List[str]] = None) -> None:
                                                  "filtering standard input")
     parser.add_argument("--host", default="127.0.0.1", help="with --port: the address to listen on")
     args, rest = parser.parse_known_args(argv)
-    if args.port is not None:
-        from . import service
-
-        service.main([*args.translators, "--port", str(args.port), "--host", args.host,
-                      *(["--threads", str(args.threads)] if args.threads else []), *rest])
-        return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if len(args.translators) != 1:

@@ -35,7 +35,7 @@ seconds gets 503, and its translation stops at the next decoder step once no req
 client that hangs up counts as gone). SIGTERM (or Ctrl-C) stops taking connections, finishes the requests in flight
 for up to ``--shutdown-timeout`` seconds and answers the rest 503. At most ``--max-connections`` connections are
 served at once (more get 503), a connection that takes more than ``--header-timeout`` seconds to send a request's
-headers is closed, and idle kept-alive connections close after 5 seconds.
+headers, or then its body, is closed (408 for the body), and idle kept-alive connections close after 5 seconds.
 """
 
 import argparse
@@ -64,7 +64,7 @@ class Limits:
     max_lines: int = 64  # lines in one request
     max_body_bytes: int = 1 << 20  # 1 MiB
     max_beam: int = 16
-    max_work: int = 32768  # source pieces (with their ends of sentence) x beam, in one request
+    max_work: int = 8192  # source pieces (with their ends of sentence) x beam, in one request and in one batch
     max_queue: int = 64  # requests waiting for a worker
     max_batch_lines: int = 64  # lines translated together
     workers: int = 1  # batches translated at once, each in its own thread (the translators are shared)
@@ -96,6 +96,8 @@ class Job:
     lines: List[str]
     future: "asyncio.Future[List[Translation]]" = field(repr=False)
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for it
+    work: int = 0  # source pieces (with their ends of sentence) x beam
+    started: bool = False  # taken into a batch
 
     def wanted(self) -> bool:
         """Whether somebody still waits for the answer."""
@@ -146,33 +148,43 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    def submit(self, key: Tuple[str, int, int], lines: List[str],
-               deadline: float = float("inf")) -> "asyncio.Future[List[Translation]]":
+    def submit(self, key: Tuple[str, int, int], lines: List[str], deadline: float = float("inf"),
+               work: int = 0) -> "asyncio.Future[List[Translation]]":
         """Queue a request's lines; raises ``asyncio.QueueFull`` when ``max_queue`` requests already wait."""
+        return self.submit_job(key, lines, deadline, work).future
+
+    def submit_job(self, key: Tuple[str, int, int], lines: List[str], deadline: float = float("inf"),
+                   work: int = 0) -> Job:
+        """``submit``, returning the queued job."""
         self.waiting = collections.deque(job for job in self.waiting if job.wanted())
         if len(self.waiting) >= self.limits.max_queue:
             raise asyncio.QueueFull
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append(Job(key, lines, future, deadline))
+        job = Job(key, lines, asyncio.get_running_loop().create_future(), deadline, work)
+        self.waiting.append(job)
         self.arrived.set()
-        return future
+        return job
 
     def _next_batch(self) -> List[Job]:
         """The oldest waiting request that is still wanted, and the later ones with its key that fit beside it
-        (taken out of the queue); the others keep their places."""
+        (taken out of the queue): at most ``max_batch_lines`` lines and ``max_work`` work together; the others keep
+        their places."""
         while self.waiting and not self.waiting[0].wanted():
             self.waiting.popleft()
         if not self.waiting:
             return []
         first = self.waiting.popleft()
-        batch, size = [first], len(first.lines)
+        batch, size, work = [first], len(first.lines), first.work
         for job in list(self.waiting):
             if size >= self.limits.max_batch_lines:
                 break
-            if job.key == first.key and job.wanted() and size + len(job.lines) <= self.limits.max_batch_lines:
+            if (job.key == first.key and job.wanted() and size + len(job.lines) <= self.limits.max_batch_lines
+                    and work + job.work <= self.limits.max_work):
                 self.waiting.remove(job)
                 batch.append(job)
                 size += len(job.lines)
+                work += job.work
+        for job in batch:
+            job.started = True
         return batch
 
     async def _work(self) -> None:
@@ -319,9 +331,9 @@ def _integer(request: Dict[str, Any], name: str, default: int, low: int, high: i
     raise BadRequest(422, f'"{name}" must be an integer from {low} to {high}, got {shown}')
 
 
-def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limits) -> Tuple[Tuple[str, int, int],
-                                                                                              List[str]]:
-    """(model, beam, nbest) and the lines of a ``POST /translate`` body, or ``BadRequest``."""
+def parse_request(body: bytes, models: Dict[str, LoadedTranslator],
+                  limits: Limits) -> Tuple[Tuple[str, int, int], List[str], int]:
+    """(model, beam, nbest), the lines and the work of a ``POST /translate`` body, or ``BadRequest``."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -354,12 +366,15 @@ def parse_request(body: bytes, models: Dict[str, LoadedTranslator], limits: Limi
         raise BadRequest(404, f"unknown model {name[:100]!r}; loaded: {', '.join(models)}")
     beam = _integer(request, "beam", models[name].default_beam, 1, limits.max_beam)
     nbest = _integer(request, "nbest", 1, 1, beam)
-    work = sum(len(models[name].pieces_or_none(line) or ()) + 1 for line in lines) * beam
+    translator = models[name]
+    lengths = [len(translator.pieces_or_none(line) or ()) + 1 for line in lines]
+    # (a line longer than the model takes gets an error of its own and costs nothing)
+    work = sum(n for n in lengths if n <= translator.max_source_positions) * beam
     if work > limits.max_work:
         raise BadRequest(413, f"the request asks for {work} units of work (source pieces with their ends of "
                               f"sentence, times the beam {beam}); at most {limits.max_work}: send fewer or shorter "
                               "lines, or ask for a smaller beam")
-    return (name, beam, nbest), lines
+    return (name, beam, nbest), lines, work
 
 
 # ---------------------------------------------------------------------------------------------- the handlers
@@ -389,9 +404,17 @@ def _unauthorized():
                   **{"WWW-Authenticate": "Bearer"})
 
 
-async def _read_body(request, limit: int) -> bytes:
-    """The body, at most ``limit`` bytes. A longer one is read to its end (up to 8 times the limit) and
-    discarded before the 413, so that the client, still sending, gets the answer rather than a broken pipe."""
+async def _read_body(request, limit: int, timeout: float) -> bytes:
+    """The body, at most ``limit`` bytes, within ``timeout`` seconds (else 408: a stalled body must not hold a
+    connection). A longer one is read to its end (up to 8 times the limit) and discarded before the 413, so that
+    the client, still sending, gets the answer rather than a broken pipe."""
+    try:
+        return await asyncio.wait_for(_read_all(request, limit), timeout)
+    except asyncio.TimeoutError:
+        raise BadRequest(408, f"the body did not arrive within {timeout:g} s") from None
+
+
+async def _read_all(request, limit: int) -> bytes:
     body = bytearray()
     over, seen = False, 0
     async for chunk in request.stream():
@@ -428,24 +451,32 @@ async def translate(request):
     if kind != "application/json":
         return _error(415, f"the body must be sent as Content-Type: application/json, not {kind[:60]!r}")
     try:
-        key, lines = parse_request(await _read_body(request, limits.max_body_bytes), service.translators, limits)
+        body = await _read_body(request, limits.max_body_bytes, limits.header_timeout)
+        # (sentencepiece over a whole body takes a while: not on the event loop)
+        key, lines, work = await asyncio.get_running_loop().run_in_executor(
+            None, parse_request, body, service.translators, limits)
     except BadRequest as bad:
-        return _error(bad.status, bad.message)
+        return _error(bad.status, bad.message, **({"Connection": "close"} if bad.status == 408 else {}))
     except ClientDisconnect:
         return _error(400, "the client went away")
     assert service.batcher is not None
     if service.closing.is_set():
         return _error(503, "the service is shutting down", **{"Retry-After": str(limits.retry_after)})
+    if not lines:
+        return JSONResponse({"model": key[0], "beam": key[1], "nbest": key[2], "results": []})
     deadline = started + limits.request_timeout
     try:
-        future = service.batcher.submit(key, lines, deadline)
+        job = service.batcher.submit_job(key, lines, deadline, work)
+        future = job.future
     except asyncio.QueueFull:
         return _error(503, f"busy: {limits.max_queue} requests are waiting; try again shortly",
                       **{"Retry-After": str(limits.retry_after)})
     watcher = asyncio.ensure_future(_gone(request))
     try:
         while True:  # wake up now and then: a SIGTERM shortens the wait to --shutdown-timeout
-            end = min(deadline, service.closing_since + max(0.0, limits.shutdown_timeout - 0.5))
+            end = min(deadline, service.closing_since + max(0.0, limits.shutdown_timeout - 1.5))
+            if service.closing.is_set() and not job.started:  # still waiting at SIGTERM: answered now
+                end = time.monotonic()
             done, _ = await asyncio.wait({future, watcher}, timeout=min(0.5, max(0.0, end - time.monotonic())),
                                          return_when=asyncio.FIRST_COMPLETED)
             if done or time.monotonic() >= end:
@@ -570,10 +601,16 @@ class _Count:
     def __init__(self, app, service: Service) -> None:
         self.app = app
         self.service = service
+        self.active = 0  # requests being answered
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.active >= self.service.limits.max_connections:  # (uvicorn's own limit answers in plain text)
+            response = _error(503, f"busy: {self.active} requests are being answered; try again shortly",
+                              **{"Retry-After": str(self.service.limits.retry_after), "Connection": "close"})
+            return await response(scope, receive, send)
+        self.active += 1
         status = {"code": 500}
 
         async def sending(message):
@@ -587,6 +624,7 @@ class _Count:
         try:
             await self.app(scope, receive, sending)
         finally:
+            self.active -= 1
             if self.service.metrics is not None:
                 path = scope.get("path", "")
                 self.service.metrics.requests.labels(path if path in self.PATHS else "other", str(status["code"])).inc()
@@ -687,7 +725,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 " (API key required)" if api_key else "")
     app = build_app(translators, limits, api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            timeout_graceful_shutdown=limits.shutdown_timeout, limit_concurrency=limits.max_connections,
+                            timeout_graceful_shutdown=limits.shutdown_timeout,
+                            limit_concurrency=limits.max_connections + 64,  # a backstop: ours answers in JSON
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
                             http=header_timeout_protocol(limits.header_timeout))
 

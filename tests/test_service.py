@@ -41,7 +41,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would stop the server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fairseq_bahdanau.serve", *map(str, paths), "--port", str(self.port), *options],
+            [sys.executable, "-m", "fairseq_bahdanau.serve", "--port", str(self.port), *map(str, paths), *options],
             stdout=self.log, stderr=subprocess.STDOUT, text=True, env=tool_env())
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -229,7 +229,7 @@ def test_a_line_that_is_too_long_gets_its_own_error_and_the_others_are_translate
     (json.dumps({"text": ["a"], "model": False}).encode(), 422, '"model" must be the name'),
     (b'{"text": ["a"], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "nested too deeply"),
     (b'{"text": ["a"], "beam": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
-    (json.dumps({"text": ["w " * 1000] * 64, "beam": 16}).encode(), 413, "units of work"),
+    (json.dumps({"text": ["w " * 300] * 64, "beam": 16}).encode(), 413, "units of work"),
 ], ids=["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object", "model-list",
         "model-dict", "model-empty", "model-null", "model-false", "nested", "digits", "work"])
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, sentences, raw, status, message):
@@ -264,7 +264,7 @@ def test_concurrent_clients_each_get_exactly_their_own_answers(server, translato
 
 
 def test_a_full_queue_answers_503_with_retry_after(translators, sentences):
-    server = Server([translators.attention], "--max-queue", "1", "--max-batch-lines", "8")
+    server = Server([translators.attention], "--max-queue", "1", "--max-batch-lines", "8", "--max-work", "100000")
     try:
         body = {"text": sentences[:24] + sentences[:24] + sentences[:16], "beam": 16, "nbest": 1}
         with ThreadPoolExecutor(8) as pool:
@@ -278,7 +278,7 @@ def test_a_full_queue_answers_503_with_retry_after(translators, sentences):
 
 
 def test_sigterm_finishes_requests_in_flight_and_stops(translators, sentences):
-    server = Server([translators.attention])
+    server = Server([translators.attention], "--max-work", "100000")
     reply: List = []
     worker = threading.Thread(target=lambda: reply.append(
         server.post({"text": sentences[:24] * 2 + sentences[:16], "beam": 16})))
@@ -454,6 +454,53 @@ def test_half_sent_headers_are_dropped_after_the_header_timeout(translators, sen
             assert slow.recv(1024) == b""  # closed by the server
         assert 1.5 < time.time() - start < 10
         assert server.post({"text": sentences[:1]})[0] == 200
+    finally:
+        server.stop()
+
+
+def test_a_batch_holds_at_most_max_work_and_a_stalled_body_gets_408(translators, sentences, tmp_path):
+    """Requests of one key join a batch only while their work together stays within --max-work; a body that stalls
+    is answered 408 after --header-timeout; options may come before the translators; an empty request is answered
+    at once."""
+    import asyncio
+
+    from fairseq_bahdanau.serve import Translation
+    from fairseq_bahdanau.service import Batcher, Limits
+
+    release, calls = threading.Event(), []
+
+    class Fake:
+        def details(self, lines, beam, nbest, stop=None):
+            release.wait(10)
+            calls.append(list(lines))
+            return [Translation(line, [], None, None) for line in lines]
+
+    async def scenario():
+        batcher = Batcher({"m": Fake()}, Limits(max_work=100))
+        batcher.start()
+        first = batcher.submit(("m", 1, 1), ["a"], work=10)
+        await asyncio.sleep(0.05)  # the worker waits in Fake.details
+        rest = [batcher.submit(("m", 1, 1), [x], work=60) for x in "bcd"]
+        release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls == [["a"], ["b"], ["c"], ["d"]]  # 60 + 60 > 100: one at a time
+
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    server = Server(["--header-timeout", "2", "--api-key-file", str(key), translators.attention])
+    try:
+        start = time.time()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as slow:
+            slow.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Authorization: Bearer " + b"k" * 32 + b"\r\nContent-Length: 1000\r\n\r\n{\"text\"")
+            answer = slow.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in answer
+        assert time.time() - start < 10
+        status, reply, _ = server.post({"text": []}, Authorization="Bearer " + "k" * 32)
+        assert status == 200 and reply["results"] == []
     finally:
         server.stop()
 
