@@ -184,13 +184,7 @@ def export(paths: Sequence[str], data: str, output: str, spm: Optional[str] = No
            options: Optional[Dict[str, object]] = None, quantize: bool = False) -> None:
     """Write the ONNX translator of the checkpoints ``paths`` to the folder ``output`` (see the module
     docstring)."""
-    from . import graphs
-
     models, task = load(paths, data, source_lang, target_lang)
-    for path, model in zip(paths, models):
-        problem = graphs.unsupported(model)
-        if problem:
-            raise ValueError(f"{path}: {problem}")
     write_translator(models, task.source_dictionary, task.target_dictionary, output, spm, options, quantize,
                      {"checkpoints": [os.path.abspath(p) for p in paths], "source_lang": task.cfg.source_lang,
                       "target_lang": task.cfg.target_lang})

@@ -314,6 +314,21 @@ def browser(tmp_path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def translate_on_page(driver, url: str, text: str):
+    """Open the page at ``url``, type ``text`` and press Translate; returns the driver's 60-second wait."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url + "/")
+    wait = WebDriverWait(driver, 60)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input.model")) == 2)
+    box = driver.find_element(By.ID, "text")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "translate").click()
+    return wait
+
+
 NEEDS_BROWSER = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER) and os.environ.get("REQUIRE_BROWSER") != "1",
     reason="Debian's chromium and chromium-driver are not installed (make test installs them as root: "
@@ -327,17 +342,10 @@ def test_the_page_in_a_real_browser(server, sentences, tmp_path):
     fixed-context model's panel says it has no attention; a screenshot is written."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = browser(tmp_path)
     try:
-        driver.get(server.url + "/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input.model")) == 2)
-        box = driver.find_element(By.ID, "text")
-        box.clear()
-        box.send_keys(sentences[2])
-        driver.find_element(By.ID, "translate").click()
+        wait = translate_on_page(driver, server.url, sentences[2])
         wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".panel[data-model=encdec]")))
         _, reply, _ = server.post({"text": [sentences[2]], "beam": 5, "nbest": 3})
         words = reply["results"][0]["attention"]
@@ -534,19 +542,12 @@ def test_the_page_keeps_a_long_sentence_in_its_panel_and_says_what_went_wrong(tr
     the service stopped: each panel shows the error and the status says how many failed (no endless
     "translating...")."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     long = " ".join((" ".join(sentences)).split()[:49])
     server = Server([translators.attention, translators.encdec])
     driver = browser(tmp_path)
     try:
-        driver.get(server.url + "/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input.model")) == 2)
-        box = driver.find_element(By.ID, "text")
-        box.clear()
-        box.send_keys(long)
-        driver.find_element(By.ID, "translate").click()
+        wait = translate_on_page(driver, server.url, long)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".panel[data-model=attention] table.heatmap"))
         inside = driver.execute_script("""
             const panel = document.querySelector('.panel[data-model=attention]').getBoundingClientRect();
