@@ -29,8 +29,10 @@ than ``--max-work`` (source pieces with their ends of sentence, times the beam) 
 list of strings (422). A line that is not valid Unicode (a lone surrogate) or too long gets an error of its own.
 
 Work: requests that arrive together are translated together, per model, beam and n-best, up to
-``--max-batch-lines`` lines, by ``--workers`` worker threads that share the translators; at most ``--max-queue``
-requests wait, and one more gets 503 with ``Retry-After``. A request not answered within ``--request-timeout``
+``--max-batch-lines`` lines, by ``--workers`` worker threads (default one per core) that share the translators; at
+most ``--max-queue`` requests wait, and one more gets 503 with ``Retry-After``. A request of more than
+``--slice-work`` work is translated a slice of that size at a time, and goes back to the end of the queue after
+each slice, so one heavy request delays the others by one slice, not by all its work. A request not answered within ``--request-timeout``
 seconds gets 503, and its translation stops at the next decoder step once no request waits for it any more (a
 client that hangs up counts as gone). SIGTERM (or Ctrl-C) stops taking connections, finishes the requests in flight
 for up to ``--shutdown-timeout`` seconds and answers the rest 503. At most ``--max-connections`` connections are
@@ -67,7 +69,9 @@ class Limits:
     max_work: int = 8192  # source pieces (with their ends of sentence) x beam, in one request and in one batch
     max_queue: int = 64  # requests waiting for a worker
     max_batch_lines: int = 64  # lines translated together
-    workers: int = 1  # batches translated at once, each in its own thread (the translators are shared)
+    slice_work: int = 256  # work one request gets translated before the requests behind it get a turn
+    workers: int = 1  # batches translated at once, each in its own thread (the translators are shared); the
+    # command line's default is one per core
     request_timeout: int = 60  # seconds a request may wait and be translated
     shutdown_timeout: int = 10  # seconds SIGTERM waits for the requests in flight
     header_timeout: int = 10  # seconds a connection may take to send a request's headers
@@ -90,25 +94,43 @@ class Unavailable(Exception):
 
 @dataclass
 class Job:
-    """One request's lines, waiting for a worker."""
+    """One request's lines, waiting for a worker; a request heavier than ``slice_work`` is translated a slice at a
+    time, and goes back to the end of the queue after each."""
 
     key: Tuple[str, int, int]  # model, beam, nbest
     lines: List[str]
     future: "asyncio.Future[List[Translation]]" = field(repr=False)
     deadline: float = float("inf")  # time.monotonic() after which nobody waits for it
-    work: int = 0  # source pieces (with their ends of sentence) x beam
+    costs: List[int] = field(default_factory=list)  # each line's work: its source pieces with </s>, x beam
     started: bool = False  # taken into a batch
+    done: List[Translation] = field(default_factory=list)  # the translations of lines[:len(done)]
 
     def wanted(self) -> bool:
         """Whether somebody still waits for the answer."""
         return not self.future.done() and time.monotonic() < self.deadline
+
+    @property
+    def work(self) -> int:
+        """The work still to do."""
+        return sum(self.costs[len(self.done):])
+
+
+@dataclass
+class Part:
+    """Lines ``start`` to ``end`` of a job, in a batch."""
+
+    job: Job
+    start: int
+    end: int
 
 
 class Batcher:
     """Translates the lines of requests that arrive together in one batch per (model, beam, nbest), in
     ``workers`` threads (ONNX Runtime's sessions are shared by them). At most ``max_queue`` requests wait; a
     request whose key differs from the batch being formed keeps its place for a later batch; a request nobody
-    waits for any more is dropped, and a batch that nobody waits for stops at its next decoder step."""
+    waits for any more is dropped, and a batch that nobody waits for stops at its next decoder step. A request of
+    more than ``slice_work`` work is translated alone, ``slice_work`` at a time, going back to the end of the queue
+    after each slice: the requests that came after it wait for one slice, not for all of it."""
 
     def __init__(self, translators: Dict[str, LoadedTranslator], limits: Limits, metrics: Optional["Metrics"] = None):
         self.translators = translators
@@ -149,42 +171,52 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
     def submit(self, key: Tuple[str, int, int], lines: List[str], deadline: float = float("inf"),
-               work: int = 0) -> "asyncio.Future[List[Translation]]":
+               costs: Optional[List[int]] = None) -> "asyncio.Future[List[Translation]]":
         """Queue a request's lines; raises ``asyncio.QueueFull`` when ``max_queue`` requests already wait."""
-        return self.submit_job(key, lines, deadline, work).future
+        return self.submit_job(key, lines, deadline, costs).future
 
     def submit_job(self, key: Tuple[str, int, int], lines: List[str], deadline: float = float("inf"),
-                   work: int = 0) -> Job:
-        """``submit``, returning the queued job."""
+                   costs: Optional[List[int]] = None) -> Job:
+        """``submit``, returning the queued job. ``costs``: each line's work (default 0)."""
         self.waiting = collections.deque(job for job in self.waiting if job.wanted())
         if len(self.waiting) >= self.limits.max_queue:
             raise asyncio.QueueFull
-        job = Job(key, lines, asyncio.get_running_loop().create_future(), deadline, work)
+        job = Job(key, lines, asyncio.get_running_loop().create_future(), deadline,
+                  list(costs) if costs is not None else [0] * len(lines))
         self.waiting.append(job)
         self.arrived.set()
         return job
 
-    def _next_batch(self) -> List[Job]:
-        """The oldest waiting request that is still wanted, and the later ones with its key that fit beside it
-        (taken out of the queue): at most ``max_batch_lines`` lines and ``max_work`` work together; the others keep
-        their places."""
+    def _next_batch(self) -> List[Part]:
+        """Taken out of the queue: the oldest waiting request that is still wanted, and, when it is not heavier
+        than ``slice_work``, the later ones with its key that are not either and fit beside it (at most
+        ``max_batch_lines`` lines and ``max_work`` work together); the others keep their places. Of a heavier
+        request, the lines of its next slice (at least one line)."""
         while self.waiting and not self.waiting[0].wanted():
             self.waiting.popleft()
         if not self.waiting:
             return []
         first = self.waiting.popleft()
-        batch, size, work = [first], len(first.lines), first.work
+        first.started = True
+        start = len(first.done)
+        if first.work > self.limits.slice_work:
+            end, work = start, 0
+            while end < len(first.lines) and (end == start or work + first.costs[end] <= self.limits.slice_work):
+                work += first.costs[end]
+                end += 1
+            return [Part(first, start, min(end, start + self.limits.max_batch_lines))]
+        batch, size, work = [Part(first, start, len(first.lines))], len(first.lines) - start, first.work
         for job in list(self.waiting):
             if size >= self.limits.max_batch_lines:
                 break
-            if (job.key == first.key and job.wanted() and size + len(job.lines) <= self.limits.max_batch_lines
+            if (job.key == first.key and job.wanted() and not job.done and job.work <= self.limits.slice_work
+                    and size + len(job.lines) <= self.limits.max_batch_lines
                     and work + job.work <= self.limits.max_work):
                 self.waiting.remove(job)
-                batch.append(job)
+                job.started = True
+                batch.append(Part(job, 0, len(job.lines)))
                 size += len(job.lines)
                 work += job.work
-        for job in batch:
-            job.started = True
         return batch
 
     async def _work(self) -> None:
@@ -197,34 +229,43 @@ class Batcher:
             batch = self._next_batch()
             if not batch:
                 continue
-            lines = [line for job in batch for line in job.lines]
+            lines = [line for part in batch for line in part.job.lines[part.start: part.end]]
             if self.metrics is not None:
                 self.metrics.batch_lines.observe(len(lines))
 
             def stop() -> bool:  # read between decoder steps, in the worker thread
-                return self.stopping.is_set() or not any(job.wanted() for job in batch)
+                return self.stopping.is_set() or not any(part.job.wanted() for part in batch)
 
             try:
-                results = await loop.run_in_executor(self.executor, self._translate, batch[0].key, lines, stop)
+                results = await loop.run_in_executor(self.executor, self._translate, batch[0].job.key, lines, stop)
             except Cancelled:
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(Unavailable("the translation was stopped"))
+                for part in batch:
+                    if not part.job.future.done():
+                        part.job.future.set_exception(Unavailable("the translation was stopped"))
                 continue
             except Exception as error:  # noqa: BLE001 (reported to each waiting request)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
+                for part in batch:
+                    if not part.job.future.done():
+                        part.job.future.set_exception(error)
                 continue
             self.batches += 1
             self.lines += len(lines)
             if self.metrics is not None:
                 self.metrics.lines.inc(len(lines))
             start = 0
-            for job in batch:
-                if not job.future.done():  # the client may have gone
-                    job.future.set_result(results[start: start + len(job.lines)])
-                start += len(job.lines)
+            for part in batch:
+                job = part.job
+                job.done.extend(results[start: start + part.end - part.start])
+                start += part.end - part.start
+                if job.future.done():  # the client may have gone
+                    continue
+                if len(job.done) == len(job.lines):
+                    job.future.set_result(job.done)
+                elif self.stopping.is_set():
+                    job.future.set_exception(Unavailable("the service is shutting down"))
+                else:  # the rest of a heavy request: to the end of the queue
+                    self.waiting.append(job)
+                    self.arrived.set()
 
     def _translate(self, key: Tuple[str, int, int], lines: List[str], stop) -> List[Translation]:
         """The lines' translations, ``max_batch_lines`` at a time (a request may hold more), each chunk stopping
@@ -332,8 +373,8 @@ def _integer(request: Dict[str, Any], name: str, default: int, low: int, high: i
 
 
 def parse_request(body: bytes, models: Dict[str, LoadedTranslator],
-                  limits: Limits) -> Tuple[Tuple[str, int, int], List[str], int]:
-    """(model, beam, nbest), the lines and the work of a ``POST /translate`` body, or ``BadRequest``."""
+                  limits: Limits) -> Tuple[Tuple[str, int, int], List[str], List[int]]:
+    """(model, beam, nbest), the lines and each line's work of a ``POST /translate`` body, or ``BadRequest``."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -369,12 +410,13 @@ def parse_request(body: bytes, models: Dict[str, LoadedTranslator],
     translator = models[name]
     lengths = [len(translator.pieces_or_none(line) or ()) + 1 for line in lines]
     # (a line longer than the model takes gets an error of its own and costs nothing)
-    work = sum(n for n in lengths if n <= translator.max_source_positions) * beam
+    costs = [n * beam if n <= translator.max_source_positions else 0 for n in lengths]
+    work = sum(costs)
     if work > limits.max_work:
         raise BadRequest(413, f"the request asks for {work} units of work (source pieces with their ends of "
                               f"sentence, times the beam {beam}); at most {limits.max_work}: send fewer or shorter "
                               "lines, or ask for a smaller beam")
-    return (name, beam, nbest), lines, work
+    return (name, beam, nbest), lines, costs
 
 
 # ---------------------------------------------------------------------------------------------- the handlers
@@ -453,7 +495,7 @@ async def translate(request):
     try:
         body = await _read_body(request, limits.max_body_bytes, limits.header_timeout)
         # (sentencepiece over a whole body takes a while: not on the event loop)
-        key, lines, work = await asyncio.get_running_loop().run_in_executor(
+        key, lines, costs = await asyncio.get_running_loop().run_in_executor(
             None, parse_request, body, service.translators, limits)
     except BadRequest as bad:
         return _error(bad.status, bad.message, **({"Connection": "close"} if bad.status == 408 else {}))
@@ -466,7 +508,7 @@ async def translate(request):
         return JSONResponse({"model": key[0], "beam": key[1], "nbest": key[2], "results": []})
     deadline = started + limits.request_timeout
     try:
-        job = service.batcher.submit_job(key, lines, deadline, work)
+        job = service.batcher.submit_job(key, lines, deadline, costs)
         future = job.future
     except asyncio.QueueFull:
         return _error(503, f"busy: {limits.max_queue} requests are waiting; try again shortly",
@@ -701,7 +743,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "rather than some a lot)")
     parser.add_argument("--api-key-file", help="a file whose first line is the key clients must send "
                                                "(Authorization: Bearer KEY); /health and the page stay open")
-    defaults = Limits()
+    defaults = Limits(workers=min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                  else os.cpu_count() or 1))  # one per core: each translates with --threads 1
     for name, value in defaults.__dict__.items():
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"default {value}")
     args = parser.parse_args(argv)

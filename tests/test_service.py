@@ -486,15 +486,38 @@ def test_a_batch_holds_at_most_max_work_and_a_stalled_body_gets_408(translators,
     async def scenario():
         batcher = Batcher({"m": Fake()}, Limits(max_work=100))
         batcher.start()
-        first = batcher.submit(("m", 1, 1), ["a"], work=10)
+        first = batcher.submit(("m", 1, 1), ["a"], costs=[10])
         await asyncio.sleep(0.05)  # the worker waits in Fake.details
-        rest = [batcher.submit(("m", 1, 1), [x], work=60) for x in "bcd"]
+        rest = [batcher.submit(("m", 1, 1), [x], costs=[60]) for x in "bcd"]
         release.set()
         await asyncio.gather(first, *rest)
         await batcher.stop()
 
     asyncio.run(scenario())
     assert calls == [["a"], ["b"], ["c"], ["d"]]  # 60 + 60 > 100: one at a time
+
+    async def heavy_first():
+        """A request over --slice-work goes a slice at a time, and the requests behind it get their turn between
+        its slices: they wait for one slice, not for the whole of it."""
+        release.clear()
+        calls.clear()
+        batcher = Batcher({"m": Fake()}, Limits(slice_work=100))
+        batcher.start()
+        heavy = batcher.submit(("m", 5, 1), ["h1", "h2", "h3", "h4"], costs=[50, 40, 60, 10])
+        await asyncio.sleep(0.05)  # the worker waits in Fake.details, in the heavy request's first slice
+        light = [batcher.submit(("m", 1, 1), [x], costs=[10]) for x in "xy"]
+        other_heavy = batcher.submit(("m", 1, 1), ["o1", "o2"], costs=[60, 60])
+        release.set()
+        answers = await asyncio.gather(heavy, *light, other_heavy)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(heavy_first())
+    # h1 + h2 = 90 fit in one slice; x and y join (light, one key); o1 is a slice of its own, not a joiner;
+    # then the rest of h (70, under the slice) whole, then o2
+    assert calls == [["h1", "h2"], ["x", "y"], ["o1"], ["h3", "h4"], ["o2"]]
+    assert [[t.text for t in answer] for answer in answers] == [["h1", "h2", "h3", "h4"], ["x"], ["y"],
+                                                                       ["o1", "o2"]]
 
     key = tmp_path / "key"
     key.write_text("k" * 32)
