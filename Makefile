@@ -28,7 +28,9 @@ $(VENV)/.installed: setup.py constraints.txt
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo/run.sh
 
+# ruff: pyflakes, pycodestyle's errors and warnings, lines of at most 120 columns
 test: setup
+	$(VENV)/bin/ruff check --select E,F,W --line-length 120 fairseq_bahdanau tests examples
 	bash tests/install_browser.sh
 	$(PY) -m pytest -q tests
 

@@ -19,7 +19,7 @@ setup(
         "sacrebleu>=2.0",
     ],
     extras_require={
-        "test": ["pytest", "selenium"],
+        "test": ["pytest", "selenium", "ruff"],
         "plot": ["matplotlib"],
         # the ONNX export (python -m fairseq_bahdanau.export): torch's exporter and ONNX Runtime's quantization
         "export": ["onnx>=1.16", "onnxscript>=0.5", "onnxruntime>=1.20"],

@@ -9,7 +9,8 @@ name in a warning and left out; the others still apply. :func:`original` returns
 tests can show the unpatched behaviour still exists (tests/test_compat.py): the day fairseq fixes one of these,
 its probe says so, the patch stands aside and its test is skipped with the reason; then it can be dropped. The
 launcher's fixes (``launch_on_cpu``, ``die_with_torchrun``, ``bf16_without_tpu``, ``fp16_on_cpu``) are not
-wrappers on top of each other: one hook on ``call_main`` runs every applied fix in :data:`PATCHES` order. Any user of ``--user-dir
+wrappers on top of each other: one hook on ``call_main`` runs every applied fix in :data:`PATCHES` order. Any user
+of ``--user-dir
 fairseq_bahdanau`` gets them, including the recipe's fairseq ``lstm`` peer, which is trained with this user dir
 for exactly that reason.
 

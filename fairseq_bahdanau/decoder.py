@@ -5,10 +5,10 @@
 is a subclass that says what differs: what it computes once per sentence (its part of ``Source``), one step, and
 what the output layer reads:
 
-| family | attention runs | with the query | the first GRU layer is fed | the output layer reads |
+| family | attention runs | with the query | the first GRU layer is fed | output layer reads |
 |---|---|---|---|---|
-| ``AdditiveGRUDecoder`` (the paper) | before the GRU update | ``s_{i-1}`` | ``[E y_{i-1}; c_i]`` | ``[s_i; c_i; E y_{i-1}]`` |
-| ``LuongGRUDecoder`` (dot, general) | after the GRU update | ``s_t`` | ``[E y_{t-1}; ~s_{t-1}]`` | ``~s_t`` |
+| ``AdditiveGRUDecoder`` (paper) | before GRU update | ``s_{i-1}`` | ``[E y_{i-1}; c_i]`` | ``[s_i; c_i; E y_{i-1}]`` |
+| ``LuongGRUDecoder`` (dot, general) | after GRU update | ``s_t`` | ``[E y_{t-1}; ~s_{t-1}]`` | ``~s_t`` |
 | ``FixedContextGRUDecoder`` (none) | never | | ``[E y_{i-1}; c]`` | ``[s_i; c; E y_{i-1}]`` |
 
 Additive attention, for target step i:
@@ -38,7 +38,6 @@ Deployment exports the family's step as an ONNX graph (``graphs.py``), which cal
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor, nn
 
@@ -472,8 +471,8 @@ class AdditiveGRUDecoder(GRUDecoder):
         hidden_gates = self._hidden_gates(state, weights)
         # c_i from s_{i-1} (eqs. 5-7); the values are [h_j; W_c h_j], so the weighted sum is [c_i; W_c c_i]
         if weights.fused_query:  # W_a s_{i-1} came with U s_{i-1}
-            hidden_gates, query = hidden_gates.split([3 * self.hidden_size, hidden_gates.size(1) - 3 * self.hidden_size],
-                                                     dim=1)
+            gates = 3 * self.hidden_size
+            hidden_gates, query = hidden_gates.split([gates, hidden_gates.size(1) - gates], dim=1)
             extended, attn = self.attention.attend(query, keys, source.values, mask_bias, weights.values_tape)
         else:
             extended, attn = self.attention(state.hidden[-1], keys, source.values, mask_bias, weights.values_tape)

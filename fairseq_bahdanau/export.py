@@ -58,8 +58,8 @@ def load(paths: Sequence[str], data: str, source_lang: Optional[str] = None, tar
     return models, task
 
 
-def _export_graph(module: nn.Module, args, names_in: List[str], names_out: List[str], dynamic: Dict[str, Dict[int, str]],
-                  path: str, varargs: Optional[int] = None, table=None) -> None:
+def _export_graph(module: nn.Module, args, names_in: List[str], names_out: List[str],
+                  dynamic: Dict[str, Dict[int, str]], path: str, varargs: Optional[int] = None, table=None) -> None:
     """``torch.onnx.export`` (the ``torch.export``-based exporter) of ``module`` on ``args`` to ``path``, every axis
     named in ``dynamic`` left free; ``varargs``: the position from which ``module.forward`` takes ``*args``;
     ``table``: ONNX translations of custom operators."""

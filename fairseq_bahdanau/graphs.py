@@ -285,6 +285,7 @@ class StepGraph(nn.Module):
 def step_io(kind: str) -> Tuple[List[str], List[str]]:
     """The step graph's input and output names for a decoder family."""
     inputs = ["prev_tokens", "hidden"] + (["feed"] if kind == "luong" else []) + SOURCE_OUTPUTS[kind] + ["temperature"]
-    outputs = ["lprobs", "top_values", "top_indices", "hidden_out"] + (["feed_out"] if kind == "luong" else []) + ([] if kind == "none" else ["attn"])
+    outputs = (["lprobs", "top_values", "top_indices", "hidden_out"] + (["feed_out"] if kind == "luong" else [])
+               + ([] if kind == "none" else ["attn"]))
     return inputs, outputs
 

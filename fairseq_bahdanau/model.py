@@ -3,7 +3,6 @@
 import logging
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from torch import Tensor, nn
 

@@ -6,7 +6,8 @@ matrix products (and what reads their outputs) run in bfloat16, which CPUs with 
 to twice the float32 rate. A CPU without AVX-512 has no fast bfloat16 kernels at all (PyTorch falls back to
 generic code: 1.3 GFLOP/s against float32's 65 on a 2-core AVX2 AMD EPYC here), and one with AVX-512 but
 without AVX512-BF16 emulates them (training 3.3x slower than float32 on an Intel Xeon here), so there the flag
-slows training down, and a warning says so. Which CPU is which is measured (:func:`fast_bfloat16_cpu`). On GPUs fairseq's own ``--amp`` is the way (float16 with
+slows training down, and a warning says so. Which CPU is which is measured (:func:`fast_bfloat16_cpu`). On GPUs
+fairseq's own ``--amp`` is the way (float16 with
 loss scaling; cuDNN's GRU runs in float16 under any CUDA autocast), and the flag refuses to run there.
 
 autocast casts a parameter once per forward (it caches casts of leaf tensors), but it casts every other float32

@@ -60,8 +60,9 @@ def test_generate_prints_alignments_that_find_the_moved_verb(data, trained):
     out = run("fairseq-generate", str(data / "bin"), "--user-dir", USER_DIR, "--path",
               str(trained / "checkpoint_best.pt"), "--beam", "5", "--batch-size", "50", "--cpu",
               "--print-alignment").stdout
-    sources = {int(l.split("\t")[0][2:]): l.split("\t")[1].split() for l in out.splitlines() if l.startswith("S-")}
-    alignments = {int(l.split("\t")[0][2:]): l.split("\t")[1].split() for l in out.splitlines() if l.startswith("A-")}
+    rows = [line.split("\t") for line in out.splitlines()]
+    sources = {int(row[0][2:]): row[1].split() for row in rows if row[0].startswith("S-")}
+    alignments = {int(row[0][2:]): row[1].split() for row in rows if row[0].startswith("A-")}
     assert len(alignments) == len(sources) == 100
     verb_found = 0
     for i, pairs in alignments.items():

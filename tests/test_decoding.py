@@ -76,7 +76,8 @@ def test_translation_alone_equals_translation_in_padded_batch(left, attention_ty
     with torch.no_grad():
         together = generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": lengths}})
         for b, sentence in enumerate(sentences):
-            sample = {"net_input": {"src_tokens": torch.tensor([sentence]), "src_lengths": torch.tensor([len(sentence)])}}
+            sample = {"net_input": {"src_tokens": torch.tensor([sentence]),
+                                    "src_lengths": torch.tensor([len(sentence)])}}
             alone = generator.generate([model], sample)
             assert alone[0][0]["tokens"].tolist() == together[b][0]["tokens"].tolist()
             assert abs(float(alone[0][0]["score"]) - float(together[b][0]["score"])) < 1e-5

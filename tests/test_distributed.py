@@ -1,7 +1,8 @@
 """Data-parallel training and determinism on CPU, at the module level (fairseq's own launcher and trainer under
 torchrun are tested end to end in test_launch.py).
 
-Two CPU processes with a gloo process group wrap the same model in fairseq's ``legacy_ddp`` wrapper (``DistributedFairseqModel``,
+Two CPU processes with a gloo process group wrap the same model in fairseq's ``legacy_ddp`` wrapper
+(``DistributedFairseqModel``,
 i.e. ``LegacyDistributedDataParallel``) or in ``torch.nn.parallel.DistributedDataParallel`` with
 ``find_unused_parameters=False``, each trains on half of every batch, and the parameters after a few SGD steps must
 equal those of one process that trains on the whole batches.

@@ -32,7 +32,8 @@ def test_gradients_agree_with_the_reference(overrides):
     autograd through the reference equations; and a second backward over the same graph adds the same again."""
     model = build_model(**overrides)
     sentences, src, lengths, prev = batch(model, lengths=(6, 3, 4))
-    probe = torch.randn(len(sentences), prev.size(1), len(model.decoder.dictionary), generator=torch.Generator().manual_seed(3))
+    probe = torch.randn(len(sentences), prev.size(1), len(model.decoder.dictionary),
+                        generator=torch.Generator().manual_seed(3))
     loss = (model(src, lengths, prev)[0] * probe).sum()
     loss.backward(retain_graph=True)
     fast = {name: p.grad.clone() for name, p in model.named_parameters()}

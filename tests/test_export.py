@@ -109,7 +109,8 @@ def test_ensembles_average_as_fairseqs(tmp_path):
     from helpers import build_model
 
     models = [build_model(attention_type="additive", seed=0), build_model(attention_type="none", seed=1)]
-    models[1].encoder.dictionary, models[1].decoder.dictionary = models[0].encoder.dictionary, models[0].decoder.dictionary
+    models[1].encoder.dictionary = models[0].encoder.dictionary
+    models[1].decoder.dictionary = models[0].decoder.dictionary
     write_translator(models, models[0].encoder.dictionary, models[0].decoder.dictionary, str(tmp_path / "e.onnx"))
     translator = OnnxTranslator(str(tmp_path / "e.onnx"), threads=1)
     sentences = random_sentences(models[0].encoder.dictionary, (5, 8), seed=3)
@@ -129,7 +130,7 @@ def test_ensembles_average_as_fairseqs(tmp_path):
 
 def interactive_translations(data, paths: str, spm, lines):
     out = run("fairseq-interactive", str(data), "--user-dir", USER_DIR, "--path", paths, "--cpu",
-              "--bpe", "sentencepiece", "--sentencepiece-model", str(spm), stdin="".join(l + "\n" for l in lines))
+              "--bpe", "sentencepiece", "--sentencepiece-model", str(spm), stdin="".join(line + "\n" for line in lines))
     found = {}
     for line in out.stdout.splitlines():
         if line.startswith("D-"):
@@ -148,7 +149,7 @@ WITHOUT_TORCH = (
 
 def serve(translator, lines, *extra):
     proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", WITHOUT_TORCH, str(translator),
-                           *extra], input="".join(l + "\n" for l in lines), capture_output=True, text=True,
+                           *extra], input="".join(line + "\n" for line in lines), capture_output=True, text=True,
                           env=dict(tool_env(), PYTHONWARNINGS="error::DeprecationWarning"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.splitlines()

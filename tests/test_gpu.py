@@ -9,7 +9,6 @@
 TF32 is switched off so that float32 on the GPU means float32.
 """
 
-import os
 import subprocess
 
 import pytest
@@ -64,7 +63,8 @@ def test_full_forward_and_beam_search_on_gpu_equal_cpu(attention_type):
     for model, device in ((cpu, "cpu"), (gpu, "cuda")):
         sample = {"net_input": {"src_tokens": src.to(device), "src_lengths": lengths.to(device)}}
         with torch.no_grad():
-            results.append(SequenceGenerator([model], model.decoder.dictionary, beam_size=5, max_len_b=8).forward(sample))
+            generator = SequenceGenerator([model], model.decoder.dictionary, beam_size=5, max_len_b=8)
+            results.append(generator.forward(sample))
     for cpu_hyps, gpu_hyps in zip(*results):
         assert cpu_hyps[0]["tokens"].tolist() == gpu_hyps[0]["tokens"].tolist()
         assert abs(cpu_hyps[0]["score"].item() - gpu_hyps[0]["score"].item()) < 1e-4

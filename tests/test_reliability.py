@@ -91,7 +91,7 @@ def test_500_token_source_translates_within_bounded_memory(model):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert hypothesis_ids(proc.stdout) == [0]
-    hypothesis = next(l for l in proc.stdout.splitlines() if l.startswith("H-0")).split("\t")[2].split()
+    hypothesis = next(line for line in proc.stdout.splitlines() if line.startswith("H-0")).split("\t")[2].split()
     assert len(hypothesis) >= 100
     peak_mb = int(proc.stdout.split("MAXRSS_KB")[1].split()[0]) / 1024
     assert peak_mb < 2000, f"peak memory {peak_mb:.0f} MB"
@@ -149,7 +149,8 @@ def test_corrupt_checkpoint_is_named(model, tmp_path, damage):
     data, checkpoint, _ = model
     bad = tmp_path / "bad.pt"
     content = checkpoint.read_bytes()
-    damaged = {"empty": b"", "truncated": content[: len(content) // 2], "random bytes": random.Random(0).randbytes(len(content))}
+    damaged = {"empty": b"", "truncated": content[: len(content) // 2],
+               "random bytes": random.Random(0).randbytes(len(content))}
     bad.write_bytes(damaged[damage])
     proc = generate(data, bad)
     assert proc.returncode != 0

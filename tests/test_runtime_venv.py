@@ -1,5 +1,6 @@
 """A deployment without torch (issue 34): a virtual environment holding exactly ONNX Runtime, numpy and
-sentencepiece, the service's starlette, uvicorn and prometheus-client (with what they need), and this package installed with
+sentencepiece, the service's starlette, uvicorn and prometheus-client (with what they need), and this package
+installed with
 ``--no-deps``. torch and fairseq cannot be imported there, and the filter and the service translate exactly as
 the translator does in the development environment."""
 

@@ -9,7 +9,8 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
   run every model once each (this machine's speed drifts from minute to minute: the table gives the median
   tokens/s and, for the ratio to lstm, the median of the rounds' paired ratios), model FLOPs per target token counted
   with ``torch.utils.flop_counter.FlopCounterMode`` on a training step (with oneDNN off while counting: its fused
-  LSTM kernel, which fairseq's ``lstm`` runs on CPU, hides its matrix multiplies from the counter), and the achieved fraction of the
+  LSTM kernel, which fairseq's ``lstm`` runs on CPU, hides its matrix multiplies from the counter), and the
+  achieved fraction of the
   machine's fp32 matrix-multiply rate (measured here too, 2048 x 2048 ``torch.mm``); the peak of live tensor
   memory during one training step (``torch.profiler`` with ``profile_memory``: allocations and frees of every
   operator, in time order, above what was live before the step: the model's own training memory, free of the

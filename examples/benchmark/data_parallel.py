@@ -125,7 +125,8 @@ def main() -> None:
             t = json.load(f)
         shares.append(t["all_reduce_s"] / t["train_step_s"])
     single = results[f"1 process x {n} threads"]
-    print(f"| launch (batch {args.batch_size} sentences per update, {args.updates} updates) | target tok/s | vs 1 process |")
+    print(f"| launch (batch {args.batch_size} sentences per update, {args.updates} updates) | target tok/s "
+          "| vs 1 process |")
     print("|---|---|---|")
     for name, rate in results.items():
         print(f"| {name} | {rate:.0f} | {rate / single:.2f}x |")

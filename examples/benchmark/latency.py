@@ -131,7 +131,8 @@ def trained_latency(args: argparse.Namespace) -> None:
                     systems[label] = functools.partial(translator.translate, beam=beam)
     count = min(args.sentences + args.warmup, len(dataset))
     if count <= args.warmup:
-        raise SystemExit(f"error: {args.gen_subset} has {len(dataset)} sentences, none left after --warmup {args.warmup}")
+        raise SystemExit(f"error: {args.gen_subset} has {len(dataset)} sentences, none left after --warmup "
+                         f"{args.warmup}")
     times: Dict[str, List[float]] = {label: [] for label in systems}
     lengths: Dict[str, List[int]] = {label: [] for label in systems}
     with torch.no_grad():

@@ -51,7 +51,8 @@ def main() -> None:
                 box.clear()
                 box.send_keys(sentence)
                 driver.find_element(By.ID, "translate").click()
-                wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".panel[data-model=encdec]")))
+                encdec = (By.CSS_SELECTOR, ".panel[data-model=encdec]")
+                wait.until(expected_conditions.presence_of_element_located(encdec))
                 cells = driver.find_elements(By.CSS_SELECTOR, ".panel[data-model=attention] td.cell")
                 webdriver.ActionChains(driver).move_to_element(cells[len(cells) // 3]).perform()  # a hovered pair
                 driver.save_screenshot(output)

@@ -83,7 +83,8 @@ def named(pairs: List[str]) -> Dict[str, str]:
 
 def table(runs: Dict[str, List[Point]], bleu: Dict[str, Dict[int, float]]) -> str:
     """A markdown table: each run's last validation and its lowest validation loss."""
-    rows = ["| run | minutes | epochs | updates | last valid loss / nll | lowest valid loss (epoch) | best valid BLEU (epoch) |",
+    rows = ["| run | minutes | epochs | updates | last valid loss / nll | lowest valid loss (epoch) "
+            "| best valid BLEU (epoch) |",
             "|---|---|---|---|---|---|---|"]
     for name, points in runs.items():
         last, lowest = points[-1], min(points, key=lambda p: p.loss)

@@ -6,7 +6,8 @@ fairseq-train's ``--finetune-from-model`` starts a run from a checkpoint's weigh
 meters and data iterator, but it keeps the checkpoint's training clock (``extra_state["previous_training_time"]``,
 fairseq 0.12: ``Trainer.load_checkpoint`` reads it whatever is reset), so ``--stop-time-hours`` counts the earlier
 run's hours too and a run started from an 87-minute checkpoint with the same budget stops after its first update.
-The output is the checkpoint with its clock at zero, at epoch 1, and without its optimizer state (which the new run does not
+The output is the checkpoint with its clock at zero, at epoch 1, and without its optimizer state (which the new run
+does not
 load). Loading uses the package's allow-list, so torch's ``weights_only`` protection stays on.
 """
 
