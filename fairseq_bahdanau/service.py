@@ -32,7 +32,8 @@ Work: requests that arrive together are translated together, per model, beam and
 ``--max-batch-lines`` lines, by ``--workers`` worker threads (default one per core) that share the translators; at
 most ``--max-queue`` requests wait, and one more gets 503 with ``Retry-After``. A request of more than
 ``--slice-work`` work is translated a slice of that size at a time, and goes back to the end of the queue after
-each slice, so one heavy request delays the others by one slice, not by all its work. A request not answered within ``--request-timeout``
+each slice, so one heavy request delays the others by one slice, not by all its work. A request not answered within
+``--request-timeout``
 seconds gets 503, and its translation stops at the next decoder step once no request waits for it any more (a
 client that hangs up counts as gone). SIGTERM (or Ctrl-C) stops taking connections, finishes the requests in flight
 for up to ``--shutdown-timeout`` seconds and answers the rest 503. At most ``--max-connections`` connections are
@@ -54,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .runtime.search import Cancelled
-from .serve import LoadedTranslator, Translation, load
+from .runtime.text import LoadedTranslator, Translation, load
 
 logger = logging.getLogger(__name__)
 
