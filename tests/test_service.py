@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Tuple
 import pytest
 
 from helpers import tool_env
-from fairseq_bahdanau.serve import Attention, load, word_attention, word_spans
+from fairseq_bahdanau.runtime.text import Attention, load, word_attention, word_spans
 
 
 def free_port() -> int:
