@@ -1,81 +1,26 @@
 """The one place that adapts fairseq 0.12 (``fairseq-fixed`` 0.12.3.1 on Python 3.11+) to today's torch and to
-training on CPUs.
+training on CPUs. What each patch fixes, in a table, and why patches at all: docs/design.md ("Changes to fairseq");
+each patch's details: the docstring of its function below.
 
-Every change to fairseq's behaviour is a named :class:`Patch` in :data:`PATCHES`, with a *probe* that looks for
-the behaviour it fixes in the fairseq (and torch) at hand. Importing this module applies each patch whose
-behaviour is present, once (a second import changes nothing), skips the others, and logs one line that lists
-both (:func:`status` tells the same). A patch that cannot be applied (a fairseq whose code moved) is reported by
-name in a warning and left out; the others still apply. :func:`original` returns what a patch replaced, so that
-tests can show the unpatched behaviour still exists (tests/test_compat.py): the day fairseq fixes one of these,
-its probe says so, the patch stands aside and its test is skipped with the reason; then it can be dropped. The
-launcher's fixes (``launch_on_cpu``, ``die_with_torchrun``, ``bf16_without_tpu``, ``fp16_on_cpu``) are not
-wrappers on top of each other: one hook on ``call_main`` runs every applied fix in :data:`PATCHES` order. Any user
-of ``--user-dir
-fairseq_bahdanau`` gets them, including the recipe's fairseq ``lstm`` peer, which is trained with this user dir
-for exactly that reason.
+How it works, for whoever adds or drops a patch:
 
-``allow_checkpoint_types``
-   torch >= 2.6 loads files with ``torch.load(weights_only=True)``, which unpickles only allow-listed types.
-   fairseq 0.12 calls ``torch.load`` without that argument and its checkpoints may hold an ``argparse.Namespace``
-   (``args`` of older checkpoints). Rather than switching the protection off (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``),
-   exactly the types fairseq checkpoints contain are allowed. fairseq imports ``--user-dir`` before it loads any
-   checkpoint, so importing this package is enough.
-``keep_every_example``
-   ``data_utils.batch_by_size`` silently drops the last ``len(indices) % --required-batch-size-multiple``
-   examples (default multiple: 8): ``fairseq-generate`` translates 1,008 of Multi30k's 1,014 validation sentences
-   and training skips a few sentences every epoch. Whatever it left out (always the tail of ``indices``) is
-   appended as a final, shorter batch, as fairseq's own tail batch is.
-``atomic_checkpoint_copies``
-   fairseq saves a checkpoint atomically (``.tmp`` then rename) but then *copies* it to ``checkpoint_last.pt`` /
-   ``checkpoint_best.pt`` in place, so a kill during the copy leaves a truncated ``checkpoint_last.pt``. Local
-   copies go to a temporary file that is renamed over the destination (``os.replace``, atomic on POSIX); a copy
-   that fails removes its temporary file.
-``clear_checkpoint_errors``
-   ``load_checkpoint_to_cpu`` on a truncated or corrupt file, or on one whose unpickling needs a type that is not
-   allow-listed (which may run code), fails with a :class:`CheckpointError` naming the file and the problem (the
-   original error is chained) instead of whatever the unpickler happened to raise.
-``broadcast_checkpoint_state``
-   On resume, rank 0 loads the checkpoint and *broadcasts* its state to the other ranks through ``torch.save``
-   and ``torch.load`` (``distributed_utils._broadcast_object_slow``); under torch >= 2.6 the receiving ranks'
-   ``torch.load`` refuses the state's omegaconf configuration (``Unsupported global: omegaconf.dictconfig.
-   DictConfig``), so every data-parallel run fails to resume. The receiving side now allows exactly the types
-   such a state holds (:data:`BROADCAST_GLOBALS`), for that load only; the bytes come from rank 0 of the same
-   job, which read the file under the checkpoint allow-list.
-``launch_on_cpu``
-   fairseq's launcher (``distributed_utils.call_main``) assumes one process per GPU. Under ``torchrun`` on CPUs it
-   divides by ``torch.cuda.device_count()`` (``ZeroDivisionError``); without ``--distributed-world-size`` every
-   process trains alone at world size 1 into the same ``--save-dir`` (on GPUs too, when torchrun starts more
-   processes than the node has GPUs: e.g. one process per node on several nodes); spawning on CPU fails with
-   "have 0 available devices". Now: under torchrun the world size, rank and local rank come from torchrun's
-   environment (a disagreeing ``--distributed-world-size`` is overridden, with a warning); on CPU the process
-   group is gloo (NCCL needs GPUs); and a CPU run that asks fairseq to spawn processes stops with a message that
-   shows the torchrun command instead.
-``die_with_torchrun``
-   torchrun starts each worker in a session of its own, so a launcher killed with SIGKILL (by hand, or the OOM
-   killer) leaves its workers training on, unseen, and a restarted job then resumes into the same ``--save-dir``
-   while the orphans keep writing to it. A process started by torchrun (``TORCHELASTIC_RUN_ID`` set) asks Linux,
-   when fairseq's launcher starts training (not at import), to kill it when its launcher dies
-   (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), as a scheduler's kill of the whole job would; checkpoints are written
-   atomically, so nothing written is lost. Not a change to fairseq: to torchrun's process tree.
-``cpu_ddp``
-   fairseq's ``DistributedFairseqModel`` passes ``device_ids=[device_id]`` to torch's
-   ``DistributedDataParallel`` (``--ddp-backend pytorch_ddp``/``c10d``, the default), which torch refuses for a
-   module on the CPU. On CPU the wrapper is built with ``device_ids=None``; everything else is fairseq's.
-``bf16_without_tpu``
-   ``--bf16`` "implies --tpu" in fairseq's option parsing, so without ``torch_xla`` installed (on CPUs and GPUs)
-   training fails with ``AttributeError: 'NoneType' object has no attribute 'xla_device'``. Where ``torch_xla``
-   is missing, ``--bf16`` now means what it means elsewhere in fairseq: the model and the batches in bfloat16 on
-   the chosen device, with float32 master weights (fairseq's ``FP16Optimizer``).
-``fp16_on_cpu``
-   ``--fp16`` keeps its float32 master weights in one flat buffer that fairseq places on
-   ``torch.cuda.current_device()`` ("Torch not compiled with CUDA enabled" on a CPU-only torch). On CPU the
-   master weights are kept per parameter instead (fairseq's own ``--fp16-no-flatten-grads``).
-``diverse_beam_batch_positions``
-   ``DiverseBeamSearch`` (``--diverse-beam-groups``) indexes its per-sentence overlap counts, one row per
-   sentence of the batch, with ``original_batch_idxs``, which ``SequenceGenerator`` fills with the sentences'
-   dataset ids (``sample["id"]``): any batch but the first fails with ``IndexError: index 71 is out of bounds for
-   dimension 0 with size 64`` (with fairseq's own ``lstm`` too). The ids are mapped to their rows in the batch
-   the search started with.
+* A :class:`Patch` is a name, a *probe* and an *apply* function, listed in :data:`PATCHES` in the order they are
+  applied. The probe returns None where the behaviour the patch fixes is present here, or a short reason why the
+  patch is not needed; it raises :class:`Undecided` where it cannot tell (fairseq's code moved, its source is not
+  at hand), and then the patch is applied anyway, which is why every patch must be harmless where the bug is
+  absent, and the log line says "applied without a decision". A probe changes nothing outside itself: no
+  environment variable, no module attribute, no file outside a temporary directory (a probe that must see fairseq
+  under other environment variables runs fairseq's code with globals of its own, :func:`_with_environ`).
+* ``apply()`` installs the patch and returns what it replaced (the original, or None for additions), kept on the
+  fairseq module itself with each patch's status, so that a second import or ``importlib.reload`` of this module
+  neither patches twice nor forgets: :func:`original` and :func:`status` answer from there.
+* The launcher's fixes (:data:`LAUNCH_FIXES`) are not wrappers stacked on each other: one hook on fairseq's
+  ``call_main`` runs, at each launch, the fix of every applied patch in :data:`PATCHES` order, looked up then, so
+  a reloaded module's fixes still run.
+* Importing this module applies every patch not yet probed in this process and logs one line listing them.
+  A patch that cannot be applied is named in a warning and left out; the others still apply.
+* tests/test_compat.py shows, for each patch, what unpatched fairseq still does (with :func:`original`); it is
+  skipped with the probe's reason where fairseq no longer does it. That is the day to drop the patch.
 """
 
 import argparse
@@ -120,13 +65,18 @@ class LaunchError(RuntimeError):
     """A distributed launch that fairseq cannot run as asked; the message says how to start it instead."""
 
 
+class Undecided(Exception):
+    """Raised by a probe that cannot tell whether the behaviour its patch fixes is present; the message says why.
+    The patch is then applied (every patch is harmless where the bug is absent)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Patch:
     """One change to fairseq.
 
     ``probe()`` returns None where the behaviour the patch fixes is present here, or a short reason why it is not
-    (e.g. "fairseq keeps every example"); ``apply()`` installs the patch and returns what it replaced (the
-    original, or None for additions)."""
+    (e.g. "fairseq keeps every example"), or raises :class:`Undecided`; ``apply()`` installs the patch and returns
+    what it replaced (the original, or None for additions)."""
 
     name: str
     probe: Callable[[], Optional[str]]
@@ -154,21 +104,36 @@ def original(name: str) -> Any:
 
 
 def status(name: str) -> str:
-    """Whether patch ``name`` was applied in this process: "applied", "not needed: REASON" (the behaviour it
-    fixes is absent from this fairseq) or "failed: ERROR"."""
+    """Whether patch ``name`` was applied in this process: "applied", "applied without a decision: REASON" (its
+    probe could not tell), "not needed: REASON" (the behaviour it fixes is absent from this fairseq) or "failed:
+    ERROR"."""
     return _statuses()[name]
+
+
+def applied(name: str) -> bool:
+    """Whether patch ``name`` is in force in this process."""
+    return _statuses().get(name, "").startswith("applied")
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
 def allow_checkpoint_types() -> None:
+    """torch >= 2.6 loads files with ``torch.load(weights_only=True)``, which unpickles only allow-listed types.
+    fairseq 0.12 calls ``torch.load`` without that argument and its checkpoints may hold an ``argparse.Namespace``
+    (``args`` of older checkpoints). Rather than switching the protection off
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), exactly the types fairseq checkpoints contain are allowed. fairseq
+    imports ``--user-dir`` before it loads any checkpoint, so importing this package is enough."""
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 has no allow-list (and loads everything)
         add(SAFE_GLOBALS)
 
 
 def keep_every_example() -> Callable:
+    """``data_utils.batch_by_size`` silently drops the last ``len(indices) % --required-batch-size-multiple`` examples
+    (default multiple: 8): ``fairseq-generate`` translates 1,008 of Multi30k's 1,014 validation sentences and
+    training skips a few sentences every epoch. Whatever it left out (always the tail of ``indices``) is appended as
+    a final, shorter batch, as fairseq's own tail batch is."""
     from fairseq.data import data_utils
 
     original_fn = data_utils.batch_by_size
@@ -189,6 +154,10 @@ def keep_every_example() -> Callable:
 
 
 def atomic_checkpoint_copies() -> Callable:
+    """fairseq saves a checkpoint atomically (``.tmp`` then rename) but then *copies* it to ``checkpoint_last.pt`` /
+    ``checkpoint_best.pt`` in place, so a kill during the copy leaves a truncated ``checkpoint_last.pt``. Local
+    copies go to a temporary file that is renamed over the destination (``os.replace``, atomic on POSIX); a copy
+    that fails removes its temporary file."""
     from fairseq.file_io import PathManager
 
     original_fn = PathManager.copy
@@ -221,6 +190,9 @@ def _raised_by_torch_load(error: BaseException) -> bool:
 
 
 def clear_checkpoint_errors() -> Callable:
+    """``load_checkpoint_to_cpu`` on a truncated or corrupt file, or on one whose unpickling needs a type that is not
+    allow-listed (which may run code), fails with a :class:`CheckpointError` naming the file and the problem (the
+    original error is chained) instead of whatever the unpickler happened to raise."""
     from fairseq import checkpoint_utils
 
     original_fn = checkpoint_utils.load_checkpoint_to_cpu
@@ -269,6 +241,12 @@ def broadcast_globals() -> list:
 
 
 def broadcast_checkpoint_state() -> Callable:
+    """On resume, rank 0 loads the checkpoint and *broadcasts* its state to the other ranks through ``torch.save`` and
+    ``torch.load`` (``distributed_utils._broadcast_object_slow``); under torch >= 2.6 the receiving ranks'
+    ``torch.load`` refuses the state's omegaconf configuration (``Unsupported global: omegaconf.dictconfig.
+    DictConfig``), so every data-parallel run fails to resume. The receiving side now allows exactly the types such
+    a state holds (:data:`BROADCAST_GLOBALS`), for that load only; the bytes come from rank 0 of the same job, which
+    read the file under the checkpoint allow-list."""
     from fairseq.distributed import utils as distributed_utils
 
     original_fn = distributed_utils._broadcast_object_slow
@@ -345,14 +323,17 @@ def prepare_launch(cfg) -> None:
         )
 
 
-#: The launcher fixes in force, in PATCHES order: each adapts fairseq's configuration (or this process) before
-#: fairseq's ``call_main`` starts training.
-LAUNCH_FIXES: List[Tuple[str, Callable[[Any], None]]] = []
+def _launch_fixes() -> List[Tuple[str, Callable[[Any], None]]]:
+    """The launcher fixes in force, in PATCHES order: (patch name, fix), each fix adapting fairseq's configuration
+    (or this process) before fairseq's ``call_main`` starts training. Looked up at each launch."""
+    return [(patch.name, LAUNCH_FIXES[patch.name]) for patch in PATCHES
+            if patch.name in LAUNCH_FIXES and applied(patch.name)]
 
 
 def _launcher_hook() -> Callable:
-    """Wrap fairseq's launcher, once, with one hook that runs every fix in :data:`LAUNCH_FIXES`; returns
-    fairseq's own ``call_main``."""
+    """Wrap fairseq's launcher, once, with one hook that runs every launcher fix in force (:func:`_launch_fixes`,
+    looked up in this module at each launch, so that a reloaded module's fixes run); returns fairseq's own
+    ``call_main``."""
     from fairseq.distributed import utils as distributed_utils
 
     current = distributed_utils.call_main
@@ -361,7 +342,7 @@ def _launcher_hook() -> Callable:
         return wrapped
 
     def call_main(cfg, main, **kwargs):
-        for _name, fix in list(LAUNCH_FIXES):
+        for _name, fix in _launch_fixes():
             fix(cfg)
         return current(cfg, main, **kwargs)
 
@@ -371,16 +352,23 @@ def _launcher_hook() -> Callable:
     return current
 
 
-def _launch_fix(name: str, fix: Callable[[Any], None]) -> Callable:
-    """Add ``fix`` to the launcher hook (installing the hook if needed); returns fairseq's ``call_main``."""
-    original_fn = _launcher_hook()
-    if all(existing != name for existing, _ in LAUNCH_FIXES):
-        LAUNCH_FIXES.append((name, fix))
-    return original_fn
+def _launch_fix(name: str) -> Callable:
+    """Put patch ``name``'s fix (:data:`LAUNCH_FIXES`) in force: installs the launcher hook if needed (the fix runs
+    once the patch's status says applied); returns fairseq's ``call_main``."""
+    assert name in LAUNCH_FIXES
+    return _launcher_hook()
 
 
 def launch_on_cpu() -> Callable:
-    return _launch_fix("launch_on_cpu", prepare_launch)
+    """fairseq's launcher (``distributed_utils.call_main``) assumes one process per GPU. Under ``torchrun`` on CPUs it
+    divides by ``torch.cuda.device_count()`` (``ZeroDivisionError``); without ``--distributed-world-size`` every
+    process trains alone at world size 1 into the same ``--save-dir`` (on GPUs too, when torchrun starts more
+    processes than the node has GPUs: e.g. one process per node on several nodes); spawning on CPU fails with "have
+    0 available devices". Now: under torchrun the world size, rank and local rank come from torchrun's environment
+    (a disagreeing ``--distributed-world-size`` is overridden, with a warning); on CPU the process group is gloo
+    (NCCL needs GPUs); and a CPU run that asks fairseq to spawn processes stops with a message that shows the
+    torchrun command instead."""
+    return _launch_fix("launch_on_cpu")
 
 
 def die_with_launcher(cfg=None) -> None:
@@ -401,10 +389,19 @@ def die_with_launcher(cfg=None) -> None:
 
 
 def die_with_torchrun() -> Callable:
-    return _launch_fix("die_with_torchrun", die_with_launcher)
+    """torchrun starts each worker in a session of its own, so a launcher killed with SIGKILL (by hand, or the OOM
+    killer) leaves its workers training on, unseen, and a restarted job then resumes into the same ``--save-dir``
+    while the orphans keep writing to it. A process started by torchrun (``TORCHELASTIC_RUN_ID`` set) asks Linux,
+    when fairseq's launcher starts training (not at import), to kill it when its launcher dies
+    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), as a scheduler's kill of the whole job would; checkpoints are written
+    atomically, so nothing written is lost. Not a change to fairseq: to torchrun's process tree."""
+    return _launch_fix("die_with_torchrun")
 
 
 def cpu_ddp() -> Callable:
+    """fairseq's ``DistributedFairseqModel`` passes ``device_ids=[device_id]`` to torch's ``DistributedDataParallel``
+    (``--ddp-backend pytorch_ddp``/``c10d``, the default), which torch refuses for a module on the CPU. On CPU the
+    wrapper is built with ``device_ids=None``; everything else is fairseq's."""
     import fairseq.models
     from fairseq.distributed import ModuleProxyWrapper
     from fairseq.models import distributed_fairseq_model
@@ -444,7 +441,11 @@ def bfloat16_on_this_device(cfg) -> None:
 
 
 def bf16_without_tpu() -> Callable:
-    return _launch_fix("bf16_without_tpu", bfloat16_on_this_device)
+    """``--bf16`` "implies --tpu" in fairseq's option parsing, so without ``torch_xla`` installed (on CPUs and GPUs)
+    training fails with ``AttributeError: 'NoneType' object has no attribute 'xla_device'``. Where ``torch_xla`` is
+    missing, ``--bf16`` now means what it means elsewhere in fairseq: the model and the batches in bfloat16 on the
+    chosen device, with float32 master weights (fairseq's ``FP16Optimizer``)."""
+    return _launch_fix("bf16_without_tpu")
 
 
 def unflattened_fp16_on_cpu(cfg) -> None:
@@ -455,10 +456,18 @@ def unflattened_fp16_on_cpu(cfg) -> None:
 
 
 def fp16_on_cpu() -> Callable:
-    return _launch_fix("fp16_on_cpu", unflattened_fp16_on_cpu)
+    """``--fp16`` keeps its float32 master weights in one flat buffer that fairseq places on
+    ``torch.cuda.current_device()`` ("Torch not compiled with CUDA enabled" on a CPU-only torch). On CPU the master
+    weights are kept per parameter instead (fairseq's own ``--fp16-no-flatten-grads``)."""
+    return _launch_fix("fp16_on_cpu")
 
 
 def diverse_beam_batch_positions() -> Callable:
+    """``DiverseBeamSearch`` (``--diverse-beam-groups``) indexes its per-sentence overlap counts, one row per sentence
+    of the batch, with ``original_batch_idxs``, which ``SequenceGenerator`` fills with the sentences' dataset ids
+    (``sample["id"]``): any batch but the first fails with ``IndexError: index 71 is out of bounds for dimension 0
+    with size 64`` (with fairseq's own ``lstm`` too). The ids are mapped to their rows in the batch the search
+    started with."""
     from fairseq.search import DiverseBeamSearch
 
     original_fn = DiverseBeamSearch.step
@@ -486,6 +495,36 @@ def _source(obj: Any) -> str:
     import inspect
 
     return inspect.getsource(obj)
+
+
+def _shows(obj: Any, text: str) -> None:
+    """Returns where ``obj``'s source holds ``text`` (the line of fairseq's that causes the bug); raises
+    :class:`Undecided` where it does not, or where the source cannot be read: then the bug may be gone, or the line
+    only reformatted."""
+    name = getattr(obj, "__qualname__", repr(obj))
+    try:
+        source = _source(obj)
+    except (OSError, TypeError) as e:
+        raise Undecided(f"the source of {name} cannot be read ({e})") from None
+    if text not in source:
+        raise Undecided(f"{name} no longer reads {text!r}")
+
+
+def _with_environ(function: Callable, environ: Dict[str, str]) -> Callable:
+    """A copy of ``function`` (a module-level function) that sees ``environ`` as ``os.environ``, and calls copies of
+    its module's functions that see it too: a probe's private view of another environment, which changes nothing
+    of this process (not ``os.environ``, not the module)."""
+    import types
+
+    fake_os = types.ModuleType("os")
+    fake_os.__dict__.update(os.__dict__)
+    fake_os.environ = dict(environ)
+    module_globals = dict(function.__globals__, os=fake_os)
+    for key, value in function.__globals__.items():
+        if isinstance(value, types.FunctionType) and value.__globals__ is function.__globals__:
+            module_globals[key] = types.FunctionType(value.__code__, module_globals, value.__name__,
+                                                     value.__defaults__, value.__closure__)
+    return module_globals[function.__name__]
 
 
 def _torch_load_refuses(obj: Any) -> bool:
@@ -517,23 +556,22 @@ def drops_the_tail() -> Optional[str]:
 
 
 def copies_in_place() -> Optional[str]:
+    """A copy over an existing file that keeps the file's inode wrote into it in place (a rename of a temporary
+    file gives the destination a new inode)."""
     import tempfile
 
     from fairseq.file_io import PathManager
 
-    written = []
-    copyfile = shutil.copyfile
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "a"), os.path.join(tmp, "b")
-        open(src, "wb").close()
-        shutil.copyfile = lambda a, b, *args, **kwargs: written.append(b) or copyfile(a, b, *args, **kwargs)
-        try:
-            PathManager.copy(src, dst, overwrite=True)
-        finally:
-            shutil.copyfile = copyfile
-    if written and written[0] != dst:
-        return "fairseq's PathManager.copy does not write the destination in place"
-    return None  # in place, or not through shutil (unknown): the patch's temporary file and rename are safe
+        for path, content in (src, b"new"), (dst, b"old"):
+            with open(path, "wb") as f:
+                f.write(content)
+        before = os.stat(dst).st_ino
+        PathManager.copy(src, dst, overwrite=True)
+        if os.stat(dst).st_ino == before:
+            return None
+    return "fairseq's PathManager.copy replaces the destination rather than writing into it"
 
 
 def unclear_checkpoint_errors() -> Optional[str]:
@@ -572,21 +610,13 @@ def ignores_torchrun_world() -> Optional[str]:
     from fairseq.distributed import utils as distributed_utils
 
     cfg = DistributedTrainingConfig(distributed_world_size=1)
-    variables = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29999", WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
+    torchrun = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29999", WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
     try:
-        distributed_utils.infer_init_method(cfg)
+        _with_environ(distributed_utils.infer_init_method, torchrun)(cfg)
         if cfg.distributed_world_size == 2:
             return "fairseq's launcher takes torchrun's world size"
     except Exception:  # noqa: BLE001 (e.g. ZeroDivisionError on a machine without GPUs: the behaviour fixed)
         pass
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return None
 
 
@@ -595,17 +625,15 @@ def workers_outlive_torchrun() -> Optional[str]:
         return "no prctl outside Linux"
     from torch.distributed.elastic.multiprocessing.subprocess_handler import subprocess_handler
 
-    if "start_new_session" not in _source(subprocess_handler.SubprocessHandler._popen):
-        return "torchrun keeps its workers in its own session"
+    _shows(subprocess_handler.SubprocessHandler._popen, "start_new_session")
     return None
 
 
 def ddp_needs_device_ids() -> Optional[str]:
     from fairseq.models import distributed_fairseq_model
 
-    if "device_ids=[args.device_id]" in _source(distributed_fairseq_model.DistributedFairseqModel):
-        return None
-    return "fairseq's DistributedFairseqModel does not pass a GPU's device ids unconditionally"
+    _shows(distributed_fairseq_model.DistributedFairseqModel, "device_ids=[args.device_id]")
+    return None
 
 
 def bf16_means_tpu() -> Optional[str]:
@@ -614,17 +642,15 @@ def bf16_means_tpu() -> Optional[str]:
 
     if distributed_utils.xm is not None:
         return "torch_xla is installed: --bf16 on a TPU is fairseq's own meaning"
-    if "args.tpu = True" not in _source(options.parse_args_and_arch):
-        return "fairseq's --bf16 does not imply --tpu"
-    return None
+    args = options.parse_args_and_arch(options.get_training_parser(), ["data", "--arch", "lstm", "--bf16"])
+    return None if args.tpu else "fairseq's --bf16 does not imply --tpu"
 
 
 def fp16_master_weights_on_gpu() -> Optional[str]:
     from fairseq.optim.fp16_optimizer import FP16Optimizer
 
-    if "torch.cuda.current_device()" in _source(FP16Optimizer.build_fp32_params):
-        return None
-    return "fairseq's flat fp16 master weights are not placed on a GPU"
+    _shows(FP16Optimizer.build_fp32_params, "torch.cuda.current_device()")
+    return None
 
 
 def diverse_beam_indexes_by_ids() -> Optional[str]:
@@ -644,6 +670,15 @@ def diverse_beam_indexes_by_ids() -> Optional[str]:
         return None
     return "fairseq's DiverseBeamSearch maps dataset ids to the batch's rows"
 
+
+#: The launcher's fixes: patch name -> what it does to fairseq's configuration (or to this process) before
+#: fairseq's ``call_main`` starts training.
+LAUNCH_FIXES: Dict[str, Callable[[Any], None]] = {
+    "launch_on_cpu": prepare_launch,
+    "die_with_torchrun": die_with_launcher,
+    "bf16_without_tpu": bfloat16_on_this_device,
+    "fp16_on_cpu": unflattened_fp16_on_cpu,
+}
 
 #: Every patch, in the order it is applied (and, for the launcher's fixes, run).
 PATCHES: List[Patch] = [
@@ -668,10 +703,13 @@ def apply_patches() -> None:
     new = [patch for patch in PATCHES if patch.name not in statuses]
     for patch in new:
         try:
-            reason = patch.probe()
+            try:
+                reason, undecided = patch.probe(), None
+            except Undecided as why:
+                reason, undecided = None, str(why)
             if reason is None:
                 originals[patch.name] = patch.apply()
-                statuses[patch.name] = "applied"
+                statuses[patch.name] = "applied" if undecided is None else f"applied without a decision: {undecided}"
             else:
                 statuses[patch.name] = f"not needed: {reason}"
         except Exception as e:  # noqa: BLE001 (one patch must not stop the model from loading)
@@ -681,11 +719,12 @@ def apply_patches() -> None:
     if new:
         import fairseq
 
-        applied = [p.name for p in new if statuses[p.name] == "applied"]
+        done = [p.name if statuses[p.name] == "applied" else f"{p.name} ({statuses[p.name][len('applied '):]})"
+                for p in new if statuses[p.name].startswith("applied")]
         skipped = [f"{p.name} ({statuses[p.name][len('not needed: '):]})" for p in new
                    if statuses[p.name].startswith("not needed")]
         logger.info("fairseq %s patched by fairseq_bahdanau.compat: %s%s", getattr(fairseq, "__version__", "?"),
-                    ", ".join(applied) or "nothing",
+                    ", ".join(done) or "nothing",
                     f"; not needed here: {', '.join(skipped)}" if skipped else "")
 
 

@@ -31,8 +31,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="shows what fairs
 
 def needs(name: str):
     """Skip unless patch ``name`` was applied here (its probe found the behaviour it fixes)."""
-    state = compat.status(name)
-    return pytest.mark.skipif(state != "applied", reason=f"{name}: {state}")
+    return pytest.mark.skipif(not compat.applied(name), reason=f"{name}: {compat.status(name)}")
 
 
 def training_cfg(*flags: str):
@@ -53,16 +52,23 @@ def torchrun_env(monkeypatch):
 def test_patches_are_named_applied_once_and_listed_in_one_log_line():
     names = [patch.name for patch in compat.PATCHES]
     assert len(set(names)) == len(names)
+    # after a reload, the launcher's fixes still run: bf16_without_tpu turns --bf16's implied --tpu off
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
             "import fairseq, fairseq_bahdanau, importlib; importlib.reload(fairseq_bahdanau.compat); "
-            "from fairseq.distributed import utils; "
-            "print('hooks', utils.call_main.__wrapped_by_fairseq_bahdanau__.__module__)")
+            "from fairseq.distributed import utils; from fairseq import options; "
+            "from fairseq.dataclass.utils import convert_namespace_to_omegaconf; "
+            "print('hooks', utils.call_main.__wrapped_by_fairseq_bahdanau__.__module__); "
+            "cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), "
+            "['data', '--arch', 'lstm', '--bf16', '--cpu'])); print('tpu before', cfg.common.tpu); "
+            "utils.call_main(cfg, lambda cfg, **kwargs: print('tpu at launch', cfg.common.tpu))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(USER_DIR)).stdout
     lines = [line for line in out.splitlines() if "patched by fairseq_bahdanau.compat" in line]
     assert len(lines) == 1  # the reload applied nothing twice
     applied = [name for name in names if compat.status(name) == "applied"]
     assert ", ".join(applied) in lines[0]
+    if compat.applied("bf16_without_tpu"):
+        assert "tpu before True" in out and "tpu at launch False" in out
     for name in names:  # every patch is in the line: applied, or skipped with the probe's reason
         assert name in lines[0]
     assert "hooks fairseq.distributed.utils" in out  # one hook on call_main, over fairseq's own
@@ -71,11 +77,12 @@ def test_patches_are_named_applied_once_and_listed_in_one_log_line():
 def test_launcher_fixes_run_in_one_hook_in_patch_order(monkeypatch):
     from fairseq.distributed import utils as distributed_utils
 
-    launch = [patch.name for patch in compat.PATCHES if any(patch.name == name for name, _ in compat.LAUNCH_FIXES)]
-    assert [name for name, _ in compat.LAUNCH_FIXES] == launch
+    launch = [patch.name for patch in compat.PATCHES
+              if patch.name in compat.LAUNCH_FIXES and compat.applied(patch.name)]
+    assert [name for name, _ in compat._launch_fixes()] == launch
     assert distributed_utils.call_main.__wrapped_by_fairseq_bahdanau__.__module__ == "fairseq.distributed.utils"
     ran = []
-    monkeypatch.setattr(compat, "LAUNCH_FIXES", [(name, lambda cfg, name=name: ran.append(name)) for name in launch])
+    monkeypatch.setattr(compat, "LAUNCH_FIXES", {name: lambda cfg, name=name: ran.append(name) for name in launch})
     monkeypatch.setattr(distributed_utils, "call_main", lambda cfg, main, **kwargs: ran.append("fairseq"))
     assert compat._launcher_hook() is not distributed_utils.call_main  # it returns what it wrapped
     distributed_utils.call_main("cfg", "main")
@@ -90,20 +97,30 @@ def test_a_patch_that_cannot_apply_is_named_and_the_others_still_apply(monkeypat
     def broken():
         raise AttributeError("module 'fairseq.search' has no attribute 'DiverseBeamSearch'")
 
+    def reformatted():  # a text probe whose line of fairseq's was reformatted: it cannot tell, so it applies
+        def fairseq_function(args):
+            return dict(device_ids=[ args.device_id ])  # noqa: E201, E202 (the line, reformatted)
+        compat._shows(fairseq_function, "device_ids=[args.device_id]")
+
+    installed = []
     monkeypatch.setattr(compat, "PATCHES", [
         compat.Patch("needed", lambda: None, lambda: "replaced"),
         compat.Patch("broken", lambda: None, broken),
         compat.Patch("fixed_upstream", lambda: "fairseq does it right", lambda: pytest.fail("applied")),
+        compat.Patch("undecided", reformatted, lambda: installed.append("undecided")),
     ])
     with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.compat"):
         compat.apply_patches()
     assert statuses["needed"] == "applied"
     assert statuses["broken"].startswith("failed: AttributeError")
     assert statuses["fixed_upstream"] == "not needed: fairseq does it right"
+    assert statuses["undecided"].startswith("applied without a decision:") and installed == ["undecided"]
+    assert "no longer reads 'device_ids=[args.device_id]'" in statuses["undecided"]
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "patch broken could not be applied" in warning and "DiverseBeamSearch" in warning
     line = next(r.getMessage() for r in caplog.records if "patched by" in r.getMessage())
-    assert line.endswith("needed; not needed here: fixed_upstream (fairseq does it right)")
+    assert "needed, undecided (without a decision: " in line
+    assert line.endswith("; not needed here: fixed_upstream (fairseq does it right)")
 
 
 #: The patches whose probes look at what fairseq does through the function that the patch replaces: run again
@@ -114,11 +131,15 @@ SEES_ITS_OWN_FIX = {"allow_checkpoint_types", "keep_every_example", "atomic_chec
 
 @pytest.mark.parametrize("name", [patch.name for patch in compat.PATCHES])
 def test_every_probe_answers_without_side_effects_and_sees_its_patch_work(name):
-    before = dict(os.environ)
+    before = dict(os.environ), shutil.copyfile, dict(sys.modules["fairseq.distributed.utils"].__dict__)
     patch = next(p for p in compat.PATCHES if p.name == name)
-    reason = patch.probe()
+    try:
+        reason = patch.probe()
+    except compat.Undecided as why:
+        pytest.fail(f"the probe of {name} cannot decide on the fairseq it was written for: {why}")
     assert reason is None or (isinstance(reason, str) and reason)
-    assert dict(os.environ) == before  # no torchrun variables left behind
+    # nothing of the process changed: no torchrun variables, no function of shutil's or fairseq's replaced
+    assert (dict(os.environ), shutil.copyfile, dict(sys.modules["fairseq.distributed.utils"].__dict__)) == before
     if compat.status(name) == "applied":
         assert (reason is not None) == (name in SEES_ITS_OWN_FIX), reason
 
