@@ -37,6 +37,20 @@ def test_register_after_a_tool_import_and_on_fairseq_user_dir_load():
     assert python(code) == "True"
 
 
+def test_importing_the_package_first_registers_once_fairseq_is_imported(pieces_model):
+    """``import fairseq_bahdanau`` before fairseq imports neither fairseq nor torch, and registers the model once
+    fairseq is imported: fairseq's checkpoint_utils then loads one of its checkpoints (KeyError '_name' before)."""
+    checkpoint = pieces_model[2] / "checkpoint_best.pt"
+    code = ("import sys, fairseq_bahdanau; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fairseq', 'torch')))")
+    assert python(code) == "[]"
+    code = ("import sys, fairseq_bahdanau; from fairseq import checkpoint_utils; "
+            f"models, _, _ = checkpoint_utils.load_model_ensemble_and_task([{str(checkpoint)!r}]); "
+            "waiting = [f for f in sys.meta_path if type(f).__name__ == '_WaitForFairseq']; "
+            "print(type(models[0]).__name__, waiting)")
+    assert python(code) == "BahdanauGRUModel []"
+
+
 def parse(*flags):
     parser = options.get_training_parser()
     return options.parse_args_and_arch(parser, ["data", "--task", "translation", *flags])
