@@ -73,6 +73,9 @@ def attention_matrix(
             torch.tensor([src_tokens.numel()], device=hub.device),
             prev_output_tokens,
         )
+    if not extra.get("attn") or extra["attn"][0] is None:
+        raise ValueError("the model has no attention to plot (--attention-type none: every step reads the same "
+                         "fixed context)")
     weights = extra["attn"][0][0].float().cpu().numpy()  # T x S
     return source_pieces, target_pieces, weights
 
@@ -171,7 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = parse_args(argv)
     hub = load_hub(args.path, args.data, args.spm, args.source_lang, args.target_lang)
-    source_pieces, target_pieces, weights = attention_matrix(hub, args.sentence, beam=args.beam)
+    try:
+        source_pieces, target_pieces, weights = attention_matrix(hub, args.sentence, beam=args.beam)
+    except ValueError as problem:
+        sys.exit(f"error: {args.path}: {problem}")
     print(translation_text(hub, target_pieces))
     plot_attention(source_pieces, target_pieces, weights, args.output, title=args.sentence)
 

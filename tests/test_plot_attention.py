@@ -2,6 +2,7 @@
 synthetic reordering task."""
 
 import io
+import subprocess
 import sys
 
 import matplotlib.image
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from fairseq_bahdanau.plot_attention import attention_matrix, load_hub, parse_args
-from helpers import ROOT, run
+from helpers import ROOT, TRAIN, USER_DIR, run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,6 +35,18 @@ def test_command_line_writes_a_png(trained, tmp_path):
     assert len(content) > 5000
     image = matplotlib.image.imread(str(output))
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100 and image.shape[2] in (3, 4)
+
+
+def test_a_model_without_attention_gets_a_message(trained, tmp_path):
+    """--attention-type none (the demo's encdec): a message and exit status 1, not a TypeError."""
+    data, _, sources = trained
+    run("fairseq-train", str(data), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--attention-type",
+        "none", "--max-epoch", "1", "--save-dir", str(tmp_path / "encdec"), *TRAIN)
+    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.plot_attention", "--path",
+                           str(tmp_path / "encdec" / "checkpoint_best.pt"), "--data", str(data), "--output",
+                           str(tmp_path / "a.png"), sources[0]], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "has no attention to plot" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "a.png").exists()
 
 
 def test_the_sentence_can_come_from_stdin(monkeypatch):
