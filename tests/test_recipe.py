@@ -194,9 +194,9 @@ def test_evaluate_sh_ensembles_the_runs_named_in_ensemble(work):
     (a single run's to its own directory); a missing, repeated or blank run name is refused with its name."""
     proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b")
     assert proc.returncode == 1 and "checkpoints/a is missing" in proc.stderr
-    for run in "a", "b":
-        (work / "checkpoints" / run).mkdir(parents=True)
-        (work / "checkpoints" / run / "checkpoint_best.pt").write_text("")
+    for name in "a", "b":
+        (work / "checkpoints" / name).mkdir(parents=True)
+        (work / "checkpoints" / name / "checkpoint_best.pt").write_text("")
     proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b c")
     assert proc.returncode == 1 and "checkpoints/c (named in ENSEMBLE) is missing" in proc.stderr
     proc = script(work, "evaluate.sh", "tutorial", RUN_NAME="a", ENSEMBLE="b a")
@@ -269,7 +269,8 @@ def test_distill_sh_binarizes_the_teachers_translations_once(recipe_work):
     (recipe_work / "bin").mkdir()
     (recipe_work / "bin" / "fairseq-generate").write_text("#!/bin/sh\necho called >&2\nexit 3\n")
     (recipe_work / "bin" / "fairseq-generate").chmod(0o755)
-    environ.update(MIX="1", PATH=f"{recipe_work / 'bin'}:{environ['PATH']}")
+    # evaluate.sh's defaults given explicitly are the same key
+    environ.update(MIX="1", LENPEN="1.0", AVERAGE="0", PATH=f"{recipe_work / 'bin'}:{environ['PATH']}")
     proc = subprocess.run(distill, capture_output=True, text=True, env=environ, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "there already" in proc.stdout and "3000 training pairs" in proc.stdout

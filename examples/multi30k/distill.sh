@@ -10,8 +10,9 @@
 # files (names and times), sentencepiece model, CONFIG, AVERAGE and LENPEN (recorded in train.beamB.key).
 # Step 2 binarizes them with data-bin's dictionary into DEST (valid and test stay the references), for
 #
-#   DATA_BIN=DEST RUN_NAME=student bash examples/multi30k/train.sh best   (a RUN_NAME not used before: train.sh
-#   RUN_NAME=student bash examples/multi30k/evaluate.sh best              resumes a run directory that exists)
+#   DATA_BIN=DEST RUN_NAME=student-of-TEACHER bash examples/multi30k/train.sh best   (a RUN_NAME not used
+#   RUN_NAME=student-of-TEACHER bash examples/multi30k/evaluate.sh best      before: train.sh resumes a run
+#                                                                            directory that exists)
 #
 # Env: WORK (default runs/multi30k), CONFIG (the teacher runs' configuration, default best), BEAM (5),
 #      MIX (0: the teacher's translations only; 1: translations and references together, two pairs per source
@@ -35,7 +36,9 @@ TEACHER="$WORK/checkpoints/$RUNS"
 PIECES="$TEACHER/train.beam$BEAM.pieces"
 LINES=$(wc -l < "$WORK/pieces/train.de")
 key() {  # what the translations depend on: the runs' checkpoint files, the vocabulary and evaluate.sh's choices
-  echo "CONFIG=$CONFIG AVERAGE=${AVERAGE:-} LENPEN=${LENPEN:-}"
+  # (AVERAGE and LENPEN with evaluate.sh's defaults, so that leaving one out and giving its default are one key)
+  case "$CONFIG" in best|best-e512|best-sr|encdec|transformer) average=5 ;; *) average=0 ;; esac
+  echo "CONFIG=$CONFIG AVERAGE=${AVERAGE:-$average} LENPEN=${LENPEN:-1.0}"
   md5sum < "$WORK/spm.model"
   for run in "$@"; do
     (cd "$WORK/checkpoints/$run" 2>/dev/null && stat -c '%n %Y %s' checkpoint*.pt) || echo "$run: no checkpoints"

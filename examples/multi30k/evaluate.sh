@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Step 3 of the Multi30k recipe: translate test2016 (or valid, or train) with beam search, detokenize, score with sacreBLEU.
 #
-#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid|train]
+#   bash examples/multi30k/evaluate.sh tutorial|best|best-e512|best-sr|best-decay|encdec|lstm|transformer [test|valid|train|blind]
 #
 # (train: the training split, as distill.sh translates it for a student; the pieces stay in SAVE/train.beamB.pieces)
+# (blind: test2017, test2018 and test2017mscoco, whose references this recipe does not have: translated with the
+#  test settings, not scored; SAVE/SET.beamB.detok for each. The German sources come from BLIND_DIR/SET.de, or are
+#  downloaded, and are binarized once into $WORK/data-bin-blind with data-bin's dictionaries. Never choose anything
+#  with them: they are scored elsewhere.)
 # Env: WORK (default runs/multi30k), RUN_NAME (the run's directory under $WORK/checkpoints, as for train.sh;
 #      default the configuration's name), BEAM (5), LENPEN (1.0), AVERAGE (number of last epoch checkpoints to
 #      average, default 5 for best, best-e512, best-sr, encdec and transformer, 0 for the others: then
@@ -26,8 +30,10 @@ LENPEN="${LENPEN:-1.0}"
 read -r -a RUNS <<< "${RUN_NAME:-$CONFIG} ${ENSEMBLE:-}"
 case "$CONFIG" in best|best-e512|best-sr|encdec|transformer) AVERAGE="${AVERAGE:-5}" ;; *) AVERAGE="${AVERAGE:-0}" ;; esac
 case "$SPLIT" in test) REF="$WORK/raw/test2016.en" ;; valid) REF="$WORK/raw/valid.en" ;; train) REF="$WORK/raw/train.en" ;;
-  *) echo "error: unknown split $SPLIT (test, valid or train)" >&2; exit 1 ;;
+  blind) REF="" ;;
+  *) echo "error: unknown split $SPLIT (test, valid, train or blind)" >&2; exit 1 ;;
 esac
+BLIND_SETS=(test2017:test_2017_flickr test2018:test_2018_flickr test2017mscoco:test_2017_mscoco)
 [ ${#RUNS[@]} -gt 0 ] || { echo "error: RUN_NAME is blank" >&2; exit 1; }
 [ "$(printf '%s\n' "${RUNS[@]}" | sort | uniq -d)" = "" ] \
   || { echo "error: a run is named twice in RUN_NAME and ENSEMBLE: ${RUNS[*]}" >&2; exit 1; }
@@ -54,20 +60,62 @@ done
 SAVE="$WORK/checkpoints/$(IFS=+; echo "${RUNS[*]}")"  # the run's own directory, or RUN+OTHER+... for an ensemble
 mkdir -p "$SAVE"
 
+translate() {  # translate DATA SUBSET OUT: fairseq-generate, then the detokenized hypotheses in OUT.detok
+  local data="$1" subset="$2" out="$3"
+  fairseq-generate "$data" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
+    --gen-subset "$subset" --path "$(IFS=:; echo "${CHECKPOINTS[*]}")" --beam "$BEAM" --lenpen "$LENPEN" \
+    --batch-size 128 --cpu \
+    > "$out.generate" 2> "$out.log" \
+    || { echo "error: fairseq-generate failed; the end of $out.log:" >&2; tail -20 "$out.log" >&2; exit 1; }
+  { grep '^H-' "$out.generate" || true; } | sed 's/^H-//' | sort -n | cut -f3 > "$out.pieces"
+  python "$HERE/spm.py" decode "$WORK/spm.model" < "$out.pieces" > "$out.detok"
+  if [ -n "${OUTPUTS:-}" ]; then
+    mkdir -p "$OUTPUTS"
+    cp "$out.detok" "$OUTPUTS/$(basename "$SAVE").$(basename "$out").detok"
+  fi
+}
+
+if [ "$SPLIT" = blind ]; then
+  BLIND="$WORK/data-bin-blind"
+  if [ ! -f "$BLIND/test2.de-en.de.bin" ] || [ "$WORK/data-bin/dict.de.txt" -nt "$BLIND/test2.de-en.de.bin" ]; then
+    mkdir -p "$WORK/raw" "$WORK/pieces"
+    for pair in "${BLIND_SETS[@]}"; do
+      name="${pair%%:*}"; remote="${pair##*:}"
+      if [ -n "${BLIND_DIR:-}" ]; then
+        [ -f "$BLIND_DIR/$name.de" ] || { echo "error: missing $BLIND_DIR/$name.de" >&2; exit 1; }
+        cp "$BLIND_DIR/$name.de" "$WORK/raw/$name.de"
+      else
+        curl -fsSL "https://github.com/multi30k/dataset/raw/master/data/task1/raw/$remote.de.gz" | gunzip \
+          > "$WORK/raw/$name.de" \
+          || { echo "error: could not download $remote.de.gz (set BLIND_DIR to a local copy)" >&2; exit 1; }
+      fi
+      python "$HERE/spm.py" encode "$WORK/spm.model" < "$WORK/raw/$name.de" > "$WORK/pieces/$name.de"
+    done
+    rm -rf "$BLIND"
+    # German only (no references): test, test1, test2 in BLIND_SETS' order
+    fairseq-preprocess --source-lang de --target-lang en --only-source --srcdict "$WORK/data-bin/dict.de.txt" \
+      --testpref "$(for pair in "${BLIND_SETS[@]}"; do echo "$WORK/pieces/${pair%%:*}"; done | paste -sd,)" \
+      --destdir "$BLIND" --workers 2 > "$WORK/preprocess.blind.log" 2>&1 \
+      || { tail -20 "$WORK/preprocess.blind.log" >&2; exit 1; }
+    cp "$WORK/data-bin/dict.en.txt" "$BLIND/dict.en.txt"
+  fi
+  subset=test
+  for index in "${!BLIND_SETS[@]}"; do
+    name="${BLIND_SETS[$index]%%:*}"
+    [ "$index" -eq 0 ] || subset="test$index"
+    OUT="$SAVE/$name.beam$BEAM${EPOCH:+.epoch$EPOCH}"
+    translate "$BLIND" "$subset" "$OUT"
+    [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$WORK/raw/$name.de")" ] \
+      || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$WORK/raw/$name.de") sources" >&2; exit 1; }
+    echo "$CONFIG, $name (blind: not scored here), beam $BEAM, lenpen $LENPEN: $OUT.detok"
+  done
+  exit 0
+fi
+
 OUT="$SAVE/$SPLIT.beam$BEAM${EPOCH:+.epoch$EPOCH}"
-fairseq-generate "$WORK/data-bin" --user-dir "$ROOT/fairseq_bahdanau" --source-lang de --target-lang en \
-  --gen-subset "$SPLIT" --path "$(IFS=:; echo "${CHECKPOINTS[*]}")" --beam "$BEAM" --lenpen "$LENPEN" \
-  --batch-size 128 --cpu \
-  > "$OUT.generate" 2> "$OUT.log" \
-  || { echo "error: fairseq-generate failed; the end of $OUT.log:" >&2; tail -20 "$OUT.log" >&2; exit 1; }
-{ grep '^H-' "$OUT.generate" || true; } | sed 's/^H-//' | sort -n | cut -f3 > "$OUT.pieces"
-python "$HERE/spm.py" decode "$WORK/spm.model" < "$OUT.pieces" > "$OUT.detok"
+translate "$WORK/data-bin" "$SPLIT" "$OUT"
 [ "$(wc -l < "$OUT.detok")" -eq "$(wc -l < "$REF")" ] \
   || { echo "error: $(wc -l < "$OUT.detok") hypotheses for $(wc -l < "$REF") references" >&2; exit 1; }
-if [ -n "${OUTPUTS:-}" ]; then
-  mkdir -p "$OUTPUTS"
-  cp "$OUT.detok" "$OUTPUTS/$(basename "$SAVE").$(basename "$OUT").detok"
-fi
 echo "$CONFIG, $SPLIT, beam $BEAM, lenpen $LENPEN, $(basename "${CHECKPOINTS[0]}")$([ ${#RUNS[@]} -gt 1 ] && echo " of ${RUNS[*]}"):"
 echo -n "  cased:      "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2
 echo -n "  lowercased: "; sacrebleu "$REF" -i "$OUT.detok" -m bleu -b -w 2 -lc
