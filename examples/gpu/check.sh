@@ -10,8 +10,11 @@
 # cluster without a package registry), what is missing is installed from WHEELHOUSE (default
 # wheelhouse-X.Y for PYTHON's version X.Y, made by `make wheelhouse PY_VERSION=X.Y` on a machine with a registry)
 # into $OUT/site, with pip --no-index: nothing is downloaded and PYTHON's own packages are left as they are.
+# `import fairseq` imports scikit-learn (for audio classification's metrics, which nothing here calls); where
+# PYTHON lacks it, a stand-in module that fails only if those metrics are called goes on PYTHONPATH (the real
+# package, with scipy, would take 45 MB of the wheelhouse's 64).
 # Data: Multi30k when MULTI30K_DIR names a raw copy, otherwise the generated corpus (as `make benchmark`).
-# Results go to OUT (default runs/gpu-check/). About 5 minutes on one H100-class GPU with the default steps.
+# Results go to OUT (default runs/gpu-check/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -34,6 +37,17 @@ if ! "$PYTHON" -c "import fairseq, pytest" 2>/dev/null; then
   SITE="$OUT/site"
   bash "$ROOT/examples/gpu/install_wheelhouse.sh" "$PYTHON" "$WHEELHOUSE" "$SITE"
   export PYTHONPATH="$ROOT:$SITE${PYTHONPATH#$ROOT}" PATH="$SITE/bin:$PATH"
+fi
+if ! "$PYTHON" -c "import sklearn.metrics" 2>/dev/null; then
+  STUB="$OUT/sklearn-stand-in"
+  mkdir -p "$STUB/sklearn"
+  echo '"""A stand-in: scikit-learn is not installed here (examples/gpu/check.sh)."""' > "$STUB/sklearn/__init__.py"
+  cat > "$STUB/sklearn/metrics.py" <<'STANDIN'
+def __getattr__(name):
+    raise ImportError(f"scikit-learn is not installed here: sklearn.metrics.{name} (examples/gpu/check.sh)")
+STANDIN
+  export PYTHONPATH="$PYTHONPATH:$STUB"
+  echo "gpu-check: no scikit-learn here: a stand-in for fairseq's import of sklearn.metrics ($STUB)"
 fi
 "$PYTHON" -c "import fairseq, torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, fairseq {fairseq.__version__},', torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))" \
   | tee "$OUT/versions.txt"

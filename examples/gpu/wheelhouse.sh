@@ -2,7 +2,8 @@
 # `make wheelhouse [PY_VERSION=3.12]`: the wheels that a Linux x86_64 CUDA machine with torch (and numpy,
 # sacrebleu, sentencepiece) but without fairseq and without a package registry needs to run `make gpu-check`:
 # fairseq-fixed, the pure-Python and small compiled packages it needs beyond torch, numpy, torchaudio and
-# scikit-learn, pytest, and this package. Carry the folder to the machine; examples/gpu/check.sh installs from it
+# scikit-learn (check.sh stands in for scikit-learn where it is missing: with scipy it is 45 MB), pytest, and this
+# package. Carry the folder to the machine; examples/gpu/check.sh installs from it
 # (with --no-index) whatever is missing there.
 #
 #   bash examples/gpu/wheelhouse.sh [PY_VERSION]     -> wheelhouse-PY_VERSION/ (OUT overrides), under 64 MB
