@@ -289,6 +289,35 @@ def test_distill_sh_binarizes_the_teachers_translations_once(recipe_work):
     assert proc.returncode == 1 and "MIX must be 0 or 1" in proc.stderr
 
 
+def test_evaluate_sh_translates_the_blind_sets_without_scoring(recipe_work, tmp_path):
+    """evaluate.sh ... blind: each blind source (BLIND_DIR/SET.de) translated with the test settings, one line per
+    source line, copied to OUTPUTS as RUN.SET.beamB.detok; a missing file is named."""
+    blind = tmp_path / "blind"
+    blind.mkdir()
+    sources = (recipe_work / "raw" / "test2016.de").read_text().splitlines()
+    for name, count in ("test2017", 7), ("test2018", 5), ("test2017mscoco", 3):
+        (blind / f"{name}.de").write_text("".join(line + "\n" for line in sources[:count]))
+    environ = dict(os.environ, WORK=str(recipe_work), BLIND_DIR=str(blind), OUTPUTS=str(tmp_path / "outputs"),
+                   PATH=f"{BIN}:{os.environ['PATH']}")
+    evaluate = ["bash", os.path.join(RECIPE, "evaluate.sh"), "tutorial", "blind"]
+    proc = subprocess.run(evaluate, capture_output=True, text=True, env=dict(environ, RUN_NAME="teacher"),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "BLEU" not in proc.stdout and "test2017mscoco (blind: not scored here)" in proc.stdout
+    test = subprocess.run(["bash", os.path.join(RECIPE, "evaluate.sh"), "tutorial", "test"], capture_output=True,
+                          text=True, env=dict(environ, RUN_NAME="teacher"), timeout=300)
+    assert test.returncode == 0, test.stdout + test.stderr
+    translations = (tmp_path / "outputs" / "teacher.test.beam5.detok").read_text().splitlines()
+    for name, count in ("test2017", 7), ("test2018", 5), ("test2017mscoco", 3):
+        lines = (tmp_path / "outputs" / f"teacher.{name}.beam5.detok").read_text().splitlines()
+        assert lines == translations[:count]  # the same sentences translate as in test2016
+    (blind / "test2018.de").unlink()
+    os.remove(recipe_work / "data-bin-blind" / "test2.de-en.de.bin")  # binarize again
+    proc = subprocess.run(evaluate, capture_output=True, text=True, env=dict(environ, RUN_NAME="teacher"),
+                          timeout=300)
+    assert proc.returncode == 1 and f"missing {blind}/test2018.de" in proc.stderr
+
+
 def test_curves_adds_the_sessions_of_a_resumed_run(tmp_path):
     """curves.py reads each validation's minutes from the log's time stamps, the sessions of a resumed run end to
     end (the pause between them not counted), and draws the figure."""

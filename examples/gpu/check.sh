@@ -43,8 +43,12 @@ if ! "$PYTHON" -c "import sklearn.metrics" 2>/dev/null; then
   mkdir -p "$STUB/sklearn"
   echo '"""A stand-in: scikit-learn is not installed here (examples/gpu/check.sh)."""' > "$STUB/sklearn/__init__.py"
   cat > "$STUB/sklearn/metrics.py" <<'STANDIN'
-def __getattr__(name):
-    raise ImportError(f"scikit-learn is not installed here: sklearn.metrics.{name} (examples/gpu/check.sh)")
+def __getattr__(name):  # any metric fairseq imports (f1_score, roc_curve, ...): fails when called
+    if name.startswith("__"):
+        raise AttributeError(name)
+    def missing(*args, **kwargs):
+        raise ImportError(f"scikit-learn is not installed here: sklearn.metrics.{name} (examples/gpu/check.sh)")
+    return missing
 STANDIN
   export PYTHONPATH="$PYTHONPATH:$STUB"
   echo "gpu-check: no scikit-learn here: a stand-in for fairseq's import of sklearn.metrics ($STUB)"
