@@ -44,7 +44,9 @@ from torch import Tensor, nn
 from . import deferred, precision
 from .attention import AdditiveAttention, LuongAttention, padding_bias
 from .dropout import Dropout, drop_words
-from .encoder import EncoderOut, block_owners, build_embedding, row_copies
+from .encoder import build_embedding
+from .encoder_out import (ANNOTATIONS, DECODER_INIT, PADDING_MASK, SUMMARY, EncoderOut, block_owners,
+                          row_copies)
 from .gru import FedGRUCell, NormGRUCell
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
@@ -321,7 +323,7 @@ class GRUDecoder(FairseqIncrementalDecoder):
             cached = self.get_incremental_state(incremental_state, "state")
             if cached is not None:
                 return State(_cached(cached, "hidden").unbind(1), cached.get("feed"))
-        hidden = encoder_out["decoder_init"][0]  # B x L x H
+        hidden = encoder_out[DECODER_INIT][0]  # B x L x H
         return State(list(hidden.unbind(1)), self._initial_feed(hidden))
 
     def _save_state(self, incremental_state: IncrementalState, state: State) -> None:
@@ -416,8 +418,8 @@ class GRUDecoder(FairseqIncrementalDecoder):
         """The annotations (B x S x C, contiguous) and the padding mask (B x S) for an attention family. In
         incremental decoding beam search's copies of a sentence (consecutive rows) share one row, so that the
         source side is neither computed nor reordered per hypothesis."""
-        annotations = encoder_out["encoder_out"][0].transpose(0, 1)
-        padding_mask = encoder_out["encoder_padding_mask"][0]
+        annotations = encoder_out[ANNOTATIONS][0].transpose(0, 1)
+        padding_mask = encoder_out[PADDING_MASK][0]
         copies = row_copies(encoder_out)
         if incremental and copies > 1:  # B*beam x S x C -> B x S x C
             annotations, padding_mask = annotations[::copies], padding_mask[::copies]
@@ -546,7 +548,7 @@ class FixedContextGRUDecoder(GRUDecoder):
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
         """values: ``c`` (B x C); gates: ``W_c c`` (B x 3H). One row per hypothesis in beam search (the rows are
         3H + C wide, so reordering them costs less than grouping them would)."""
-        context = encoder_out["encoder_summary"][0]
+        context = encoder_out[SUMMARY][0]
         gates = self.layers[0].feed_gates(context)
         return Source(precision.cast(context), gates=precision.cast(gates))
 

@@ -1,6 +1,6 @@
 """The bidirectional GRU encoder (Bahdanau et al. 2015, Section 3.2 and Appendix A.2.1)."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -9,39 +9,9 @@ from torch import Tensor, nn
 
 from . import precision
 from .dropout import Dropout, drop_words
+from .encoder_out import (ANNOTATIONS, DECODER_INIT, PADDING_MASK, ROW_COPIES, SUMMARY, EncoderOut, copies_after,
+                          row_copies)
 from .gru import GRUNorms, flat_gru_weights, gru_kernel, gru_update, packed_gru_kernel
-
-EncoderOut = Dict[str, List[Tensor]]
-
-def row_copies(encoder_out: EncoderOut) -> int:
-    """k when every block of k consecutive rows of ``encoder_out`` holds copies of one sentence (beam search), else
-    1: the entry ``"row_copies": [tensor(k)]``."""
-    if "row_copies" in encoder_out:
-        return int(encoder_out["row_copies"][0])
-    return 1
-
-
-def block_owners(new_order: Tensor, block: int) -> Optional[Tensor]:
-    """When every block of ``block`` consecutive entries of ``new_order`` takes its rows from one block of the old
-    batch (beam search reordering hypotheses within their sentence): the old block of each new block (a 1-d
-    long tensor); otherwise (or for blocks of 1) None."""
-    if block > 1 and new_order.numel() % block == 0:
-        owners = (new_order // block).view(-1, block)
-        if torch.equal(owners, owners[:, :1].expand_as(owners)):
-            return owners[:, 0]
-    return None
-
-
-def copies_after(new_order: Tensor, copies: int) -> int:
-    """``row_copies`` of a batch reordered by ``new_order`` from one with ``copies``: its blocks stay copies when
-    each new block takes all its rows from one old block, and a run of k repetitions of each row (beam search's
-    first expansion) makes blocks of k copies."""
-    if block_owners(new_order, copies) is not None:
-        return copies
-    runs = torch.unique_consecutive(new_order, return_counts=True)[1]
-    if runs.numel() > 0 and int(runs[0]) > 1 and bool((runs == runs[0]).all()):
-        return int(runs[0])
-    return 1
 
 
 def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
@@ -155,10 +125,10 @@ class BiGRUEncoder(FairseqEncoder):
         init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
         out = self.dropout_module(out)
         return {
-            "encoder_out": [out],
-            "encoder_padding_mask": [padding_mask],
-            "decoder_init": [init],
-            "encoder_summary": [top],
+            ANNOTATIONS: [out],
+            PADDING_MASK: [padding_mask],
+            DECODER_INIT: [init],
+            SUMMARY: [top],
         }
 
     def _padded_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
@@ -262,7 +232,7 @@ class BiGRUEncoder(FairseqEncoder):
         so that a reorder that changes nothing but the order of copies returns the same tensors without copying
         them, and the decoder keeps one source row per sentence (``GRUDecoder._source``).
         """
-        rows = encoder_out["decoder_init"][0].size(0)
+        rows = encoder_out[DECODER_INIT][0].size(0)
         copies = row_copies(encoder_out)
         new_copies = copies_after(new_order, copies)
         if new_order.numel() == rows:
@@ -271,10 +241,10 @@ class BiGRUEncoder(FairseqEncoder):
                 return encoder_out  # every row gets itself or a copy of itself
         reordered: EncoderOut = {}
         for key, value in encoder_out.items():  # the annotations are time-major (S x B x C), the rest batch-first
-            if key != "row_copies":
-                reordered[key] = [value[0].index_select(1 if key == "encoder_out" else 0, new_order)]
+            if key != ROW_COPIES:
+                reordered[key] = [value[0].index_select(1 if key == ANNOTATIONS else 0, new_order)]
         if new_copies > 1:
-            reordered["row_copies"] = [torch.tensor(new_copies)]
+            reordered[ROW_COPIES] = [torch.tensor(new_copies)]
         return reordered
 
     def max_positions(self) -> int:

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .encoder_out import ANNOTATIONS, DECODER_INIT, PADDING_MASK, SUMMARY
 from .runtime.files import META_FILE, SPM_FILE, FORMAT
 
 logger = logging.getLogger(__name__)
@@ -144,9 +145,9 @@ def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> 
         dynamic["feed"] = {0: "N"}
     annotations = torch.zeros(2, 5, model.encoder.output_dim)
     mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
-    encoder_out_dict = {"encoder_out": [annotations.transpose(0, 1)], "encoder_padding_mask": [mask],
-                        "decoder_init": [torch.zeros(2, layers, hidden)],
-                        "encoder_summary": [torch.zeros(2, model.encoder.output_dim)]}
+    encoder_out_dict = {ANNOTATIONS: [annotations.transpose(0, 1)], PADDING_MASK: [mask],
+                        DECODER_INIT: [torch.zeros(2, layers, hidden)],
+                        SUMMARY: [torch.zeros(2, model.encoder.output_dim)]}
     with torch.no_grad():
         example = decoder._new_source(encoder_out_dict, incremental=False)
     if kind == "none":

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .encoder_out import ANNOTATIONS, DECODER_INIT, PADDING_MASK, SUMMARY
 from .gru import gru_update
 
 #: the most tokens of each hypothesis the step graph ranks (``top_values``, ``top_indices``): 2 x 16 + 3, what
@@ -236,8 +237,8 @@ class EncoderOutputGraph(nn.Module):
         bsz, steps = top.size(0), annotations.size(0)
         init = torch.tanh(self.init_state(top)).view(bsz, self.decoder_layers, self.decoder_hidden_size)
         padding_mask = torch.arange(steps).unsqueeze(0) >= src_lengths.unsqueeze(1)  # B x S
-        encoder_out = {"encoder_out": [annotations], "encoder_padding_mask": [padding_mask], "decoder_init": [init],
-                       "encoder_summary": [top]}
+        encoder_out = {ANNOTATIONS: [annotations], PADDING_MASK: [padding_mask], DECODER_INIT: [init],
+                       SUMMARY: [top]}
         source = self.decoder._new_source(encoder_out, incremental=False)
         if self.family == "none":
             assert source.gates is not None
