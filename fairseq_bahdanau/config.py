@@ -121,20 +121,6 @@ def config_defaults() -> Dict[str, Any]:
     return defaults
 
 
-def projection_input_dim(attention_type: str, hidden_size: int, context_dim: int, embed_dim: int,
-                         out_embed_dim: int) -> int:
-    """Size of what the decoder's vocabulary projection reads: the deep output layer's ``--decoder-out-embed-dim``
-    where there is one; otherwise the output layer's input itself, Luong's ``~s_t`` (the decoder hidden size) or
-    ``[s_i; c_i; E y_{i-1}]`` (additive attention and the fixed context). Tying the projection to an embedding
-    needs this to equal the embedding's size; the decoder families' ``features_dim`` follow the same rule (a test
-    builds the tied Luong model through both)."""
-    if out_embed_dim > 0:
-        return out_embed_dim
-    if attention_type in ("dot", "general"):
-        return hidden_size
-    return hidden_size + context_dim + embed_dim
-
-
 def validate(cfg: Any) -> None:
     """Raise ``ValueError`` naming the flag if ``cfg`` (Namespace or DictConfig) cannot build a model."""
 
@@ -176,6 +162,8 @@ def validate(cfg: Any) -> None:
             f"--encoder-hidden-size (the bidirectional state), got {cfg.decoder_hidden_size} and "
             f"{cfg.encoder_hidden_size}; use --attention-type general for other sizes"
         )
+    from .decoder import projection_input_dim  # the decoder family's own rule (the decoder imports torch)
+
     projection = projection_input_dim(attention, int(cfg.decoder_hidden_size), 2 * int(cfg.encoder_hidden_size),
                                       int(cfg.decoder_embed_dim), int(cfg.decoder_out_embed_dim))
     if cfg.share_all_embeddings and not int(cfg.encoder_embed_dim) == int(cfg.decoder_embed_dim) == projection:

@@ -52,6 +52,11 @@ from .gru import FedGRUCell, NormGRUCell
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
+def _projection_dim(out_embed_dim: int, features_dim: int) -> int:
+    """What the vocabulary projection reads: the deep output (``out_embed_dim``, 0 for none) or the features."""
+    return out_embed_dim if out_embed_dim > 0 else features_dim
+
+
 def _select(cache: Dict[str, Optional[Tensor]], order: Tensor) -> Dict[str, Optional[Tensor]]:
     """Every cached tensor's rows in ``order``."""
     selected: Dict[str, Optional[Tensor]] = {}
@@ -181,14 +186,10 @@ class GRUDecoder(FairseqIncrementalDecoder):
             self.deep_output: Optional[nn.Linear] = nn.Linear(features_dim, width)
         else:
             self.deep_output = None
-        projection_dim = out_embed_dim if out_embed_dim > 0 else features_dim  # config.projection_input_dim's rule
+        projection_dim = _projection_dim(out_embed_dim, features_dim)
         self.output_projection = nn.Linear(projection_dim, len(dictionary))
-        if share_input_output_embed:
-            if projection_dim != embed_dim:
-                raise ValueError(
-                    "--share-decoder-input-output-embed needs the vocabulary projection's input "
-                    f"({projection_dim}) to equal --decoder-embed-dim ({embed_dim})"
-                )
+        if share_input_output_embed:  # config.validate has checked the sizes, naming the flags
+            assert projection_dim == embed_dim, (projection_dim, embed_dim)
             self.output_projection.weight = self.embed_tokens.weight
 
     # ------------------------------------------------------------------ what a family defines
@@ -445,9 +446,14 @@ class AdditiveGRUDecoder(GRUDecoder):
             dictionary, embed_dim, hidden_size, num_layers, encoder_output_dim, attention_type,
             build_attention=lambda: AdditiveAttention(hidden_size, encoder_output_dim, attention_dim or hidden_size),
             feed_dim=encoder_output_dim,  # c_i
-            features_dim=hidden_size + encoder_output_dim + embed_dim,  # [s_i; c_i; E y_{i-1}]
+            features_dim=self.features_dim(hidden_size, encoder_output_dim, embed_dim),
             **options,
         )
+
+    @staticmethod
+    def features_dim(hidden_size: int, encoder_output_dim: int, embed_dim: int) -> int:
+        """The output layer reads ``[s_i; c_i; E y_{i-1}]``."""
+        return hidden_size + encoder_output_dim + embed_dim
 
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
         """keys ``U_a h_j`` (B x S x A); values ``[h_j; W_c h_j]`` (B x S x (C + 3H)), ``W_c`` being the context
@@ -496,9 +502,14 @@ class LuongGRUDecoder(GRUDecoder):
             dictionary, embed_dim, hidden_size, num_layers, encoder_output_dim, attention_type,
             build_attention=lambda: LuongAttention(hidden_size, encoder_output_dim, attention_type),
             feed_dim=hidden_size,  # ~s_{t-1}
-            features_dim=hidden_size,  # ~s_t
+            features_dim=self.features_dim(hidden_size, encoder_output_dim, embed_dim),
             **options,
         )
+
+    @staticmethod
+    def features_dim(hidden_size: int, encoder_output_dim: int, embed_dim: int) -> int:
+        """The output layer reads ``~s_t``."""
+        return hidden_size
 
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
         """keys ``W_a h_j`` (general) or ``h_j`` (dot), B x S x Q; values: the annotations, B x S x C."""
@@ -541,9 +552,14 @@ class FixedContextGRUDecoder(GRUDecoder):
             dictionary, embed_dim, hidden_size, num_layers, encoder_output_dim, attention_type,
             build_attention=lambda: None,
             feed_dim=encoder_output_dim,  # c
-            features_dim=hidden_size + encoder_output_dim + embed_dim,  # [s_i; c; E y_{i-1}]
+            features_dim=self.features_dim(hidden_size, encoder_output_dim, embed_dim),
             **options,
         )
+
+    @staticmethod
+    def features_dim(hidden_size: int, encoder_output_dim: int, embed_dim: int) -> int:
+        """The output layer reads ``[s_i; c; E y_{i-1}]``."""
+        return hidden_size + encoder_output_dim + embed_dim
 
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
         """values: ``c`` (B x C); gates: ``W_c c`` (B x 3H). One row per hypothesis in beam search (the rows are
@@ -581,6 +597,15 @@ def collect(steps: List[Step], inputs: Tensor) -> Run:
 #: The decoder class of each --attention-type.
 DECODERS = {kind: cls for cls in (AdditiveGRUDecoder, LuongGRUDecoder, FixedContextGRUDecoder)
             for kind in cls.attention_types}
+
+
+def projection_input_dim(attention_type: str, hidden_size: int, encoder_output_dim: int, embed_dim: int,
+                         out_embed_dim: int) -> int:
+    """Size of what the vocabulary projection reads: the deep output layer's ``--decoder-out-embed-dim`` where there
+    is one, otherwise the family's output-layer input (``features_dim``). Tying the projection to an embedding
+    needs this to equal the embedding's size."""
+    return _projection_dim(out_embed_dim, DECODERS[attention_type].features_dim(hidden_size, encoder_output_dim,
+                                                                                 embed_dim))
 
 
 def build_decoder(attention_type: str, *args, **kwargs) -> GRUDecoder:
