@@ -162,20 +162,3 @@ def validate(cfg: Any) -> None:
             f"--encoder-hidden-size (the bidirectional state), got {cfg.decoder_hidden_size} and "
             f"{cfg.encoder_hidden_size}; use --attention-type general for other sizes"
         )
-    from .decoder import projection_input_dim  # the decoder family's own rule (the decoder imports torch)
-
-    projection = projection_input_dim(attention, int(cfg.decoder_hidden_size), 2 * int(cfg.encoder_hidden_size),
-                                      int(cfg.decoder_embed_dim), int(cfg.decoder_out_embed_dim))
-    if cfg.share_all_embeddings and not int(cfg.encoder_embed_dim) == int(cfg.decoder_embed_dim) == projection:
-        raise ValueError(
-            "--share-all-embeddings needs --encoder-embed-dim, --decoder-embed-dim and the vocabulary projection's "
-            f"input ({projection}: --decoder-out-embed-dim, or without it the decoder's output features) equal (one "
-            f"matrix for all three), got {cfg.encoder_embed_dim}, {cfg.decoder_embed_dim} and {projection}"
-        )
-    if cfg.share_decoder_input_output_embed and projection != int(cfg.decoder_embed_dim):
-        raise ValueError(
-            "--share-decoder-input-output-embed needs the vocabulary projection's input (--decoder-out-embed-dim, "
-            "or without it the decoder's output features: the decoder hidden size for dot and general attention) "
-            f"equal to --decoder-embed-dim (the projection then reuses the embedding), got {projection} and "
-            f"{cfg.decoder_embed_dim}"
-        )

@@ -188,7 +188,7 @@ class GRUDecoder(FairseqIncrementalDecoder):
             self.deep_output = None
         projection_dim = _projection_dim(out_embed_dim, features_dim)
         self.output_projection = nn.Linear(projection_dim, len(dictionary))
-        if share_input_output_embed:  # config.validate has checked the sizes, naming the flags
+        if share_input_output_embed:  # model.check_tying has checked the sizes, naming the flags
             assert projection_dim == embed_dim, (projection_dim, embed_dim)
             self.output_projection.weight = self.embed_tokens.weight
 

@@ -1,14 +1,14 @@
 """The ``bahdanau_gru`` fairseq model: bidirectional GRU encoder + attention GRU decoder."""
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from torch import Tensor, nn
 
 from . import compat  # noqa: F401  (fairseq's patches, e.g. checkpoints that load under torch >= 2.6)
 from .config import BahdanauGRUConfig, validate
-from .decoder import build_decoder
+from .decoder import build_decoder, projection_input_dim
 from .encoder import BiGRUEncoder
 from .precision import training_autocast
 
@@ -25,6 +25,27 @@ def reinitialise(model: nn.Module, init_range: float) -> None:
     for param in model.parameters():
         if id(param) not in keep:
             nn.init.uniform_(param, -init_range, init_range)
+
+
+def check_tying(cfg: Any) -> None:
+    """Raise ``ValueError`` naming the flag if ``cfg`` ties matrices of different sizes: the vocabulary projection's
+    input size (the decoder family's rule, ``projection_input_dim``) against the embeddings'."""
+    attention = str(cfg.attention_type)
+    projection = projection_input_dim(attention, int(cfg.decoder_hidden_size), 2 * int(cfg.encoder_hidden_size),
+                                      int(cfg.decoder_embed_dim), int(cfg.decoder_out_embed_dim))
+    if cfg.share_all_embeddings and not int(cfg.encoder_embed_dim) == int(cfg.decoder_embed_dim) == projection:
+        raise ValueError(
+            "--share-all-embeddings needs --encoder-embed-dim, --decoder-embed-dim and the vocabulary projection's "
+            f"input ({projection}: --decoder-out-embed-dim, or without it the decoder's output features) equal (one "
+            f"matrix for all three), got {cfg.encoder_embed_dim}, {cfg.decoder_embed_dim} and {projection}"
+        )
+    if cfg.share_decoder_input_output_embed and projection != int(cfg.decoder_embed_dim):
+        raise ValueError(
+            "--share-decoder-input-output-embed needs the vocabulary projection's input (--decoder-out-embed-dim, "
+            "or without it the decoder's output features: the decoder hidden size for dot and general attention) "
+            f"equal to --decoder-embed-dim (the projection then reuses the embedding), got {projection} and "
+            f"{cfg.decoder_embed_dim}"
+        )
 
 
 @register_model("bahdanau_gru", dataclass=BahdanauGRUConfig)
@@ -45,6 +66,7 @@ class BahdanauGRUModel(FairseqEncoderDecoderModel):
 
         base_architecture(cfg)
         validate(cfg)
+        check_tying(cfg)
         if cfg.share_all_embeddings and task.source_dictionary != task.target_dictionary:
             raise ValueError(
                 "--share-all-embeddings needs one dictionary for both languages: binarize the data with "
