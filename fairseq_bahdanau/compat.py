@@ -632,7 +632,9 @@ def workers_outlive_torchrun() -> Optional[str]:
 def ddp_needs_device_ids() -> Optional[str]:
     from fairseq.models import distributed_fairseq_model
 
-    _shows(distributed_fairseq_model.DistributedFairseqModel, "device_ids=[args.device_id]")
+    # fairseq's own class, also once the patch has replaced it
+    fairseq_own = _originals().get("cpu_ddp") or distributed_fairseq_model.DistributedFairseqModel
+    _shows(fairseq_own, "device_ids=[args.device_id]")
     return None
 
 

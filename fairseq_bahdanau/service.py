@@ -23,7 +23,8 @@ Endpoints (JSON in and out; every error, 404 and 405 included, is a JSON object 
 
 Bad input: invalid JSON (nesting and numbers included) or a body that is not UTF-8 (400), no API key or a wrong
 one (401, with ``--api-key-file``), a body over ``--max-body-bytes``, more lines than ``--max-lines`` or more work
-than ``--max-work`` (source pieces with their ends of sentence, times the beam) (413), a body that is not declared
+than ``--max-work`` (source pieces with their ends of sentence, times the beam) or one line of more than
+``--max-line-work`` (413), a body that is not declared
 ``application/json`` (415: a web page cannot make a browser send one without asking first), an unknown model
 (404), a ``model`` that is not a non-empty string, a ``beam`` or ``nbest`` out of range or a ``text`` that is not a
 list of strings (422). A line that is not valid Unicode (a lone surrogate) or too long gets an error of its own.
@@ -31,8 +32,9 @@ list of strings (422). A line that is not valid Unicode (a lone surrogate) or to
 Work: requests that arrive together are translated together, per model, beam and n-best, up to
 ``--max-batch-lines`` lines, by ``--workers`` worker threads (default one per core) that share the translators; at
 most ``--max-queue`` requests wait, and one more gets 503 with ``Retry-After``. A request of more than
-``--slice-work`` work is translated a slice of that size at a time, and goes back to the end of the queue after
-each slice, so one heavy request delays the others by one slice, not by all its work. A request not answered within
+``--slice-work`` work is translated a slice of that size at a time (a line is never split, and costs at most
+``--max-line-work``); heavy requests go oldest first, taking turns with the light ones, so a heavy request delays
+the others by one slice, not by all its work. A request not answered within
 ``--request-timeout``
 seconds gets 503, and its translation stops at the next decoder step once no request waits for it any more (a
 client that hangs up counts as gone). SIGTERM (or Ctrl-C) stops taking connections, finishes the requests in flight
@@ -70,7 +72,8 @@ class Limits:
     max_work: int = 8192  # source pieces (with their ends of sentence) x beam, in one request and in one batch
     max_queue: int = 64  # requests waiting for a worker
     max_batch_lines: int = 64  # lines translated together
-    slice_work: int = 256  # work one request gets translated before the requests behind it get a turn
+    slice_work: int = 256  # a heavier request is translated in slices of this much work, light ones between
+    max_line_work: int = 2048  # one line's work: a line is never sliced, so this bounds what one slice can take
     workers: int = 1  # batches translated at once, each in its own thread (the translators are shared); the
     # command line's default is one per core
     request_timeout: int = 60  # seconds a request may wait and be translated
@@ -78,6 +81,12 @@ class Limits:
     header_timeout: int = 10  # seconds a connection may take to send a request's headers
     max_connections: int = 256
     retry_after: int = 1  # seconds, in 503 answers
+
+
+def too_late(limits: Limits) -> str:
+    """The answer to a request that outlived ``--request-timeout``."""
+    return (f"the translation took longer than {limits.request_timeout} s: send fewer or shorter lines, or a "
+            "smaller beam")
 
 
 class BadRequest(Exception):
@@ -96,7 +105,7 @@ class Unavailable(Exception):
 @dataclass
 class Job:
     """One request's lines, waiting for a worker; a request heavier than ``slice_work`` is translated a slice at a
-    time, and goes back to the end of the queue after each."""
+    time, and goes back to the queue after each (see ``Batcher``)."""
 
     key: Tuple[str, int, int]  # model, beam, nbest
     lines: List[str]
@@ -130,8 +139,10 @@ class Batcher:
     ``workers`` threads (ONNX Runtime's sessions are shared by them). At most ``max_queue`` requests wait; a
     request whose key differs from the batch being formed keeps its place for a later batch; a request nobody
     waits for any more is dropped, and a batch that nobody waits for stops at its next decoder step. A request of
-    more than ``slice_work`` work is translated alone, ``slice_work`` at a time, going back to the end of the queue
-    after each slice: the requests that came after it wait for one slice, not for all of it."""
+    more than ``slice_work`` work ("heavy") is translated alone, ``slice_work`` at a time (at least one line); heavy
+    requests go oldest first, and while light ones wait, a light batch and a heavy slice take turns: a light request
+    waits for at most one slice, not for a whole heavy request, and heavy requests finish one after another (under
+    a deadline or at shutdown the oldest finish, rather than all advancing together and all failing)."""
 
     def __init__(self, translators: Dict[str, LoadedTranslator], limits: Limits, metrics: Optional["Metrics"] = None):
         self.translators = translators
@@ -143,6 +154,7 @@ class Batcher:
                                                               thread_name_prefix="translate")
         self.tasks: List["asyncio.Task[None]"] = []
         self.stopping = threading.Event()
+        self.heavy_turn = False  # whether a heavy slice goes next when light requests wait too
         self.batches = 0  # batches translated so far (GET /health)
         self.lines = 0  # lines translated so far
 
@@ -188,30 +200,39 @@ class Batcher:
         self.arrived.set()
         return job
 
+    def _heavy(self, job: Job) -> bool:
+        """Whether ``job`` is translated in slices: heavier than ``slice_work``, or already begun in slices."""
+        return bool(job.done) or job.work > self.limits.slice_work
+
     def _next_batch(self) -> List[Part]:
-        """Taken out of the queue: the oldest waiting request that is still wanted, and, when it is not heavier
-        than ``slice_work``, the later ones with its key that are not either and fit beside it (at most
-        ``max_batch_lines`` lines and ``max_work`` work together); the others keep their places. Of a heavier
-        request, the lines of its next slice (at least one line)."""
-        while self.waiting and not self.waiting[0].wanted():
-            self.waiting.popleft()
-        if not self.waiting:
+        """Taken out of the queue (requests nobody waits for are dropped): the next slice of the oldest heavy
+        request (at least one line, at most ``slice_work`` work), or the oldest light request with the later light
+        ones of its key that fit beside it (at most ``max_batch_lines`` lines and ``max_work`` work together); the
+        two kinds take turns while both wait. The others keep their places."""
+        self.waiting = collections.deque(job for job in self.waiting if job.wanted())
+        heavy = next((job for job in self.waiting if self._heavy(job)), None)
+        light = next((job for job in self.waiting if not self._heavy(job)), None)
+        if heavy is None and light is None:
             return []
-        first = self.waiting.popleft()
-        first.started = True
-        start = len(first.done)
-        if first.work > self.limits.slice_work:
-            end, work = start, 0
-            while end < len(first.lines) and (end == start or work + first.costs[end] <= self.limits.slice_work):
-                work += first.costs[end]
+        if heavy is not None and (light is None or self.heavy_turn):
+            self.heavy_turn = False
+            self.waiting.remove(heavy)
+            heavy.started = True
+            start = end = len(heavy.done)
+            work = 0
+            while end < len(heavy.lines) and (end == start or work + heavy.costs[end] <= self.limits.slice_work):
+                work += heavy.costs[end]
                 end += 1
-            return [Part(first, start, min(end, start + self.limits.max_batch_lines))]
-        batch, size, work = [Part(first, start, len(first.lines))], len(first.lines) - start, first.work
+            return [Part(heavy, start, min(end, start + self.limits.max_batch_lines))]
+        assert light is not None
+        self.heavy_turn = True
+        self.waiting.remove(light)
+        light.started = True
+        batch, size, work = [Part(light, 0, len(light.lines))], len(light.lines), light.work
         for job in list(self.waiting):
             if size >= self.limits.max_batch_lines:
                 break
-            if (job.key == first.key and job.wanted() and not job.done and job.work <= self.limits.slice_work
-                    and size + len(job.lines) <= self.limits.max_batch_lines
+            if (job.key == light.key and not self._heavy(job) and size + len(job.lines) <= self.limits.max_batch_lines
                     and work + job.work <= self.limits.max_work):
                 self.waiting.remove(job)
                 job.started = True
@@ -242,7 +263,9 @@ class Batcher:
             except Cancelled:
                 for part in batch:
                     if not part.job.future.done():
-                        part.job.future.set_exception(Unavailable("the translation was stopped"))
+                        late = time.monotonic() >= part.job.deadline
+                        part.job.future.set_exception(Unavailable(
+                            too_late(self.limits) if late else "the translation was stopped"))
                 continue
             except Exception as error:  # noqa: BLE001 (reported to each waiting request)
                 for part in batch:
@@ -264,8 +287,8 @@ class Batcher:
                     job.future.set_result(job.done)
                 elif self.stopping.is_set():
                     job.future.set_exception(Unavailable("the service is shutting down"))
-                else:  # the rest of a heavy request: to the end of the queue
-                    self.waiting.append(job)
+                else:  # the rest of a heavy request: back to the front (heavy requests go oldest first)
+                    self.waiting.appendleft(job)
                     self.arrived.set()
 
     def _translate(self, key: Tuple[str, int, int], lines: List[str], stop) -> List[Translation]:
@@ -412,6 +435,11 @@ def parse_request(body: bytes, models: Dict[str, LoadedTranslator],
     lengths = [len(translator.pieces_or_none(line) or ()) + 1 for line in lines]
     # (a line longer than the model takes gets an error of its own and costs nothing)
     costs = [n * beam if n <= translator.max_source_positions else 0 for n in lengths]
+    heaviest = max(range(len(costs)), key=costs.__getitem__, default=None)
+    if heaviest is not None and costs[heaviest] > limits.max_line_work:
+        raise BadRequest(413, f"line {heaviest + 1} asks for {costs[heaviest]} units of work ({lengths[heaviest]} "
+                              f"source pieces with its end of sentence, times the beam {beam}); at most "
+                              f"{limits.max_line_work} for one line: send it shorter, or ask for a smaller beam")
     work = sum(costs)
     if work > limits.max_work:
         raise BadRequest(413, f"the request asks for {work} units of work (source pieces with their ends of "
@@ -532,8 +560,7 @@ async def translate(request):
             return _error(400, "the client went away")
         if service.closing.is_set():
             return _error(503, "the service is shutting down", **{"Retry-After": str(limits.retry_after)})
-        return _error(503, f"the translation took longer than {limits.request_timeout} s: send fewer or shorter "
-                           "lines, or a smaller beam", **{"Retry-After": str(limits.retry_after)})
+        return _error(503, too_late(limits), **{"Retry-After": str(limits.retry_after)})
     try:
         results = future.result()
     except Unavailable as unavailable:

@@ -126,7 +126,7 @@ def test_a_patch_that_cannot_apply_is_named_and_the_others_still_apply(monkeypat
 #: The patches whose probes look at what fairseq does through the function that the patch replaces: run again
 #: after patching, they find the behaviour gone (the others look at fairseq's own code, or at a hook).
 SEES_ITS_OWN_FIX = {"allow_checkpoint_types", "keep_every_example", "atomic_checkpoint_copies",
-                    "clear_checkpoint_errors", "cpu_ddp", "diverse_beam_batch_positions"}
+                    "clear_checkpoint_errors", "diverse_beam_batch_positions"}
 
 
 @pytest.mark.parametrize("name", [patch.name for patch in compat.PATCHES])

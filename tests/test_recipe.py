@@ -184,7 +184,7 @@ def test_train_sh_shows_why_fairseq_train_failed(work):
 
 def test_evaluate_sh_checks_split_and_run(work):
     proc = script(work, "evaluate.sh", "best", "test2016")
-    assert proc.returncode == 1 and "unknown split test2016 (test, valid or train)" in proc.stderr
+    assert proc.returncode == 1 and "unknown split test2016 (test, valid, train or blind)" in proc.stderr
     proc = script(work, "evaluate.sh", "best", RUN_NAME="nope")
     assert proc.returncode == 1 and "checkpoints/nope is missing" in proc.stderr and "RUN_NAME" in proc.stderr
 

@@ -230,8 +230,9 @@ def test_a_line_that_is_too_long_gets_its_own_error_and_the_others_are_translate
     (b'{"text": ["a"], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "nested too deeply"),
     (b'{"text": ["a"], "beam": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
     (json.dumps({"text": ["w " * 300] * 64, "beam": 16}).encode(), 413, "units of work"),
+    (json.dumps({"text": ["a", "w " * 200], "beam": 16}).encode(), 413, "line 2 asks for"),  # --max-line-work
 ], ids=["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object", "model-list",
-        "model-dict", "model-empty", "model-null", "model-false", "nested", "digits", "work"])
+        "model-dict", "model-empty", "model-null", "model-false", "nested", "digits", "work", "line-work"])
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, sentences, raw, status, message):
     got, reply, _ = server.post(None, raw=raw)
     assert got == status and message in reply["error"]
@@ -396,7 +397,7 @@ def test_a_heavy_request_is_bounded_in_time_and_dropped_when_its_client_goes(tra
     """One worker: a heavy request whose client hangs up stops at its next decoder step, and one that outlives
     --request-timeout gets 503; a light request behind either is answered within seconds, not minutes."""
     server = Server([translators.attention], "--request-timeout", "3", "--max-work", "10000000",
-                    "--max-lines", "400")
+                    "--max-line-work", "10000000", "--max-lines", "400")
     heavy = {"text": [" ".join(sentences[:10])] * 300, "beam": 16}
     try:
         with pytest.raises(OSError):  # the client hangs up after 0.5 s
@@ -416,7 +417,7 @@ def test_a_heavy_request_is_bounded_in_time_and_dropped_when_its_client_goes(tra
 
 def test_sigterm_is_bounded_by_the_shutdown_timeout(translators, sentences):
     server = Server([translators.attention], "--shutdown-timeout", "2", "--max-work", "10000000",
-                    "--max-lines", "400")
+                    "--max-line-work", "10000000", "--max-lines", "400")
     reply: List = []
     worker = threading.Thread(target=lambda: reply.append(
         server.post({"text": [" ".join(sentences[:10])] * 300, "beam": 16})))
@@ -497,8 +498,10 @@ def test_a_batch_holds_at_most_max_work_and_a_stalled_body_gets_408(translators,
     assert calls == [["a"], ["b"], ["c"], ["d"]]  # 60 + 60 > 100: one at a time
 
     async def heavy_first():
-        """A request over --slice-work goes a slice at a time, and the requests behind it get their turn between
-        its slices: they wait for one slice, not for the whole of it."""
+        """A request over --slice-work goes a slice at a time, and the light requests behind it get their turn
+        between its slices: they wait for one slice, not for the whole of it. Heavy requests go oldest first, not
+        round-robin (an attacker's review: several heavy requests advancing together all failed together at the
+        deadline or at shutdown)."""
         release.clear()
         calls.clear()
         batcher = Batcher({"m": Fake()}, Limits(slice_work=100))
@@ -513,9 +516,9 @@ def test_a_batch_holds_at_most_max_work_and_a_stalled_body_gets_408(translators,
         return answers
 
     answers = asyncio.run(heavy_first())
-    # h1 + h2 = 90 fit in one slice; x and y join (light, one key); o1 is a slice of its own, not a joiner;
-    # then the rest of h (70, under the slice) whole, then o2
-    assert calls == [["h1", "h2"], ["x", "y"], ["o1"], ["h3", "h4"], ["o2"]]
+    # h1 + h2 = 90 fit in one slice; x and y join (light, one key; o is heavy, not a joiner); then the rest of h
+    # (70, under the slice) before the other heavy request o begins, whose two lines are a slice each
+    assert calls == [["h1", "h2"], ["x", "y"], ["h3", "h4"], ["o1"], ["o2"]]
     assert [[t.text for t in answer] for answer in answers] == [["h1", "h2", "h3", "h4"], ["x"], ["y"],
                                                                        ["o1", "o2"]]
 
