@@ -556,10 +556,8 @@ class FixedContextGRUDecoder(GRUDecoder):
             **options,
         )
 
-    @staticmethod
-    def features_dim(hidden_size: int, encoder_output_dim: int, embed_dim: int) -> int:
-        """The output layer reads ``[s_i; c; E y_{i-1}]``."""
-        return hidden_size + encoder_output_dim + embed_dim
+    #: the output layer reads ``[s_i; c; E y_{i-1}]``: the additive family's sizes, c in place of c_i
+    features_dim = staticmethod(AdditiveGRUDecoder.features_dim)
 
     def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Source:
         """values: ``c`` (B x C); gates: ``W_c c`` (B x 3H). One row per hypothesis in beam search (the rows are
