@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=["fairseq_bahdanau", "fairseq_bahdanau.runtime"],
+    packages=["fairseq_bahdanau", "fairseq_bahdanau.model", "fairseq_bahdanau.model.decoder",
+              "fairseq_bahdanau.deploy", "fairseq_bahdanau.analysis"],
     python_requires=">=3.10",
     install_requires=[
         # the Makefile's constraints.txt pins torch 2.13.0, CPU or CUDA build; any torch fairseq accepts works.
@@ -21,13 +22,13 @@ setup(
     extras_require={
         "test": ["pytest", "selenium", "ruff"],
         "plot": ["matplotlib"],
-        # the ONNX export (python -m fairseq_bahdanau.export): torch's exporter and ONNX Runtime's quantization
+        # the ONNX export (python -m fairseq_bahdanau.model.export): torch's exporter and ONNX Runtime's quantization
         "export": ["onnx>=1.16", "onnxscript>=0.5", "onnxruntime>=1.20"],
         # a deployment without torch or fairseq (the filter and load()): pip install --no-deps fairseq_bahdanau
         # first, then these (pip install onnxruntime numpy sentencepiece)
         "runtime": ["onnxruntime>=1.20", "numpy", "sentencepiece"],
-        # the HTTP service (python -m fairseq_bahdanau.serve --port P) on top of the runtime
+        # the HTTP service (python -m fairseq_bahdanau.deploy.serve --port P) on top of the runtime
         "serve": ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20"],
     },
-    package_data={"fairseq_bahdanau": ["static/*"]},
+    package_data={"fairseq_bahdanau.deploy": ["static/*"]},
 )

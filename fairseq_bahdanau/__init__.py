@@ -1,11 +1,20 @@
 """fairseq_bahdanau: the attention GRU encoder-decoder of Bahdanau et al. (2015) as a fairseq plugin.
 
-Importing the package registers the model and its architectures with fairseq and applies its fairseq patches
-(``compat``), whichever of the two is imported first: loaded by fairseq (``--user-dir``), or imported after fairseq,
-it registers at once; imported before fairseq, it registers as soon as fairseq has been imported, and imports
-neither fairseq nor torch itself until then. So the deployment tools (``serve``, ``service``, ``runtime``), which
-need neither, stay light, and ``import fairseq_bahdanau`` followed by ``fairseq.checkpoint_utils`` finds the model.
-:func:`register` does it at once.
+Three parts, one sub-package each (docs/design.md, "Layout"):
+
+* ``model``: the fairseq model (what ``--user-dir fairseq_bahdanau`` registers), its fairseq patches (``compat``)
+  and its export to ONNX (``python -m fairseq_bahdanau.model.export``);
+* ``deploy``: the exported translator run without torch or fairseq (ONNX Runtime, numpy, sentencepiece): the
+  line filter and the HTTP service (``python -m fairseq_bahdanau.deploy.serve``). It imports nothing of ``model``;
+* ``analysis``: tools around a trained model or its data (``plot_attention``, ``length_analysis``,
+  ``synthetic``).
+
+Importing the package registers the model and its architectures with fairseq and applies its fairseq patches,
+whichever of the two is imported first: loaded by fairseq (``--user-dir``), or imported after fairseq, it
+registers at once; imported before fairseq, it registers as soon as fairseq has been imported, and imports
+neither fairseq nor torch itself until then. So ``deploy``, which needs neither, stays light, and
+``import fairseq_bahdanau`` followed by ``fairseq.checkpoint_utils`` finds the model. :func:`register` does it
+at once.
 """
 
 import importlib.abc
@@ -18,14 +27,14 @@ __version__ = "0.2.0"
 
 def register() -> None:
     """Apply the fairseq patches and register the model and its architectures (once; later calls do nothing):
-    importing ``fairseq_bahdanau.model`` does all three."""
-    from . import model  # noqa: F401
+    importing ``fairseq_bahdanau.model.bahdanau_gru`` does all three."""
+    from .model import bahdanau_gru  # noqa: F401
 
 
 def __getattr__(name: str):
     if name == "BahdanauGRUModel":
         register()
-        from .model import BahdanauGRUModel
+        from .model.bahdanau_gru import BahdanauGRUModel
 
         return BahdanauGRUModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

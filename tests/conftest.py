@@ -47,7 +47,7 @@ def pieces_model(tmp_path_factory):
     epochs: (spm model, data-bin, checkpoint directory, raw directory). Shared by the export and service tests."""
     import sentencepiece
 
-    from fairseq_bahdanau.synthetic import write_corpus
+    from fairseq_bahdanau.analysis.synthetic import write_corpus
 
     root = tmp_path_factory.mktemp("pieces")
     raw, seg = root / "raw", root / "seg"
@@ -82,6 +82,6 @@ def translators(pieces_model, tmp_path_factory) -> Translators:
         "none", "--max-epoch", "4", "--save-dir", str(root / "encdec-ckpt"), *TRAIN)
     for name, checkpoint in (("attention", ckpt / "checkpoint_best.pt"),
                              ("encdec", root / "encdec-ckpt" / "checkpoint_best.pt")):
-        run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", str(checkpoint), "--data", str(data),
+        run(sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", str(checkpoint), "--data", str(data),
             "--spm", str(spm), "--output", str(root / f"{name}.onnx"))
     return Translators(root / "attention.onnx", root / "encdec.onnx", raw)

@@ -11,7 +11,7 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
-from fairseq_bahdanau.model import BahdanauGRUModel  # (registers the model and its architectures)
+from fairseq_bahdanau.model.bahdanau_gru import BahdanauGRUModel  # (registers the model and its architectures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "fairseq_bahdanau")
@@ -81,7 +81,7 @@ def preprocess(raw, dest, *extra: str) -> None:
 
 def corpus(root, train: int, valid: int, test: int, seed: int):
     """Write the synthetic corpus to ``root/raw`` and preprocess it into ``root/bin``; returns ``root``."""
-    from fairseq_bahdanau.synthetic import write_corpus
+    from fairseq_bahdanau.analysis.synthetic import write_corpus
 
     write_corpus(str(root / "raw"), train=train, valid=valid, test=test, seed=seed)
     preprocess(root / "raw", root / "bin")

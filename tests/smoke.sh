@@ -12,7 +12,7 @@ DIR="$(mktemp -d)"
 trap 'rm -rf "$DIR"' EXIT
 step() { echo "smoke ($(python -c 'import platform; print(platform.python_version())')): $*"; }
 step "corpus, preprocess"
-python -m fairseq_bahdanau.synthetic "$DIR/raw" --train 600 --valid 50 --test 20 --seed 1 > /dev/null
+python -m fairseq_bahdanau.analysis.synthetic "$DIR/raw" --train 600 --valid 50 --test 20 --seed 1 > /dev/null
 fairseq-preprocess --source-lang src --target-lang tgt --trainpref "$DIR/raw/train" --validpref "$DIR/raw/valid" \
   --testpref "$DIR/raw/test" --destdir "$DIR/bin" --workers 1 > "$DIR/preprocess.log" 2>&1
 step "train"
@@ -24,9 +24,9 @@ fairseq-generate "$DIR/bin" --user-dir "$ROOT/fairseq_bahdanau" --path "$DIR/ckp
   --cpu --print-alignment > "$DIR/generate.out" 2> "$DIR/generate.log" || { tail -20 "$DIR/generate.log"; exit 1; }
 [ "$(grep -c '^H-' "$DIR/generate.out")" = 20 ] || { echo "smoke: generate did not translate all 20 sentences"; exit 1; }
 step "export"
-python -m fairseq_bahdanau.export --path "$DIR/ckpt/checkpoint_best.pt" --data "$DIR/bin" \
+python -m fairseq_bahdanau.model.export --path "$DIR/ckpt/checkpoint_best.pt" --data "$DIR/bin" \
   --output "$DIR/translator.onnx" > "$DIR/export.log" 2>&1 || { tail -20 "$DIR/export.log"; exit 1; }
 step "serve"
-python -m fairseq_bahdanau.serve "$DIR/translator.onnx" < "$DIR/raw/test.src" > "$DIR/served.txt"
+python -m fairseq_bahdanau.deploy.serve "$DIR/translator.onnx" < "$DIR/raw/test.src" > "$DIR/served.txt"
 [ "$(wc -l < "$DIR/served.txt")" = 20 ] || { echo "smoke: serve did not answer every line"; exit 1; }
 step "passed"

@@ -47,7 +47,7 @@ def test_mixed_precision_training_step(attention_type, layer_norm, how):
 def test_autocast_bf16_runs_the_encoder_gru_in_bfloat16(lengths):
     """autocast leaves PyTorch's CPU GRU in float32; under --autocast-bf16 the encoder gives it bfloat16
     operands, on padded and unpadded batches alike, and the same annotations within bfloat16's precision."""
-    from fairseq_bahdanau.precision import training_autocast
+    from fairseq_bahdanau.model.precision import training_autocast
 
     model = build_model(encoder_layers=2, dropout=0.0).train()
     _, src, lengths, _ = batch(model, lengths=lengths)
@@ -61,7 +61,7 @@ def test_autocast_bf16_runs_the_encoder_gru_in_bfloat16(lengths):
 
 
 def test_autocast_bf16_refuses_other_devices():
-    from fairseq_bahdanau.precision import training_autocast
+    from fairseq_bahdanau.model.precision import training_autocast
 
     with pytest.raises(ValueError, match="--autocast-bf16 is for training on CPUs.*--amp"):
         with training_autocast(True, torch.empty(0, device="meta")):
@@ -70,8 +70,8 @@ def test_autocast_bf16_refuses_other_devices():
 
 @pytest.fixture
 def precision_module():
-    """fairseq_bahdanau.precision with its warn-once and capability caches cleared before and after."""
-    from fairseq_bahdanau import precision
+    """fairseq_bahdanau.model.precision with its warn-once and capability caches cleared before and after."""
+    from fairseq_bahdanau.model import precision
 
     def clear():
         precision._warn_slow_bfloat16.cache_clear()
@@ -89,10 +89,10 @@ def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, precision_modul
     precision = precision_module
     monkeypatch.setattr(precision, "fast_bfloat16_cpu", lambda: fast)
     for _ in range(2):
-        with caplog.at_level("WARNING", logger="fairseq_bahdanau.precision"):
+        with caplog.at_level("WARNING", logger="fairseq_bahdanau.model.precision"):
             with precision.training_autocast(True, torch.empty(0)):
                 pass
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fairseq_bahdanau.precision"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fairseq_bahdanau.model.precision"]
     assert len(warnings) == (0 if fast else 1)
     assert all("no fast bfloat16" in w and "train without --autocast-bf16" in w for w in warnings)
 
@@ -100,7 +100,7 @@ def test_autocast_bf16_warns_on_cpus_without_fast_bfloat16(fast, precision_modul
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "no-onednn"])
 def test_onednn_bfloat16_asks_onednn_then_avx512_bf16(onednn, monkeypatch):
     """oneDNN's answer where torch has oneDNN; AVX512-BF16's where it has not (its query then fails)."""
-    from fairseq_bahdanau import precision
+    from fairseq_bahdanau.model import precision
 
     class NoOneDNN:
         def __getattr__(self, name):
@@ -136,7 +136,7 @@ def test_fast_bfloat16_cpu_decides_by_kernels_and_measured_time(cpu, precision_m
 
 
 def test_bfloat16_time_ratio_is_a_positive_finite_ratio():
-    from fairseq_bahdanau.precision import bfloat16_time_ratio
+    from fairseq_bahdanau.model.precision import bfloat16_time_ratio
 
     ratio = bfloat16_time_ratio(rows=8, inner=16, cols=16, repeats=2)
     assert 0 < ratio < float("inf")

@@ -23,7 +23,7 @@ import torch
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from fairseq_bahdanau import compat
+from fairseq_bahdanau.model import compat
 from helpers import USER_DIR
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="shows what fairseq does on a machine without CUDA")
@@ -54,7 +54,7 @@ def test_patches_are_named_applied_once_and_listed_in_one_log_line():
     assert len(set(names)) == len(names)
     # after a reload, the launcher's fixes still run: bf16_without_tpu turns --bf16's implied --tpu off
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
-            "import fairseq, fairseq_bahdanau, importlib; importlib.reload(fairseq_bahdanau.compat); "
+            "import fairseq, fairseq_bahdanau, importlib; importlib.reload(fairseq_bahdanau.model.compat); "
             "from fairseq.distributed import utils; from fairseq import options; "
             "from fairseq.dataclass.utils import convert_namespace_to_omegaconf; "
             "print('hooks', utils.call_main.__wrapped_by_fairseq_bahdanau__.__module__); "
@@ -63,7 +63,7 @@ def test_patches_are_named_applied_once_and_listed_in_one_log_line():
             "utils.call_main(cfg, lambda cfg, **kwargs: print('tpu at launch', cfg.common.tpu))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(USER_DIR)).stdout
-    lines = [line for line in out.splitlines() if "patched by fairseq_bahdanau.compat" in line]
+    lines = [line for line in out.splitlines() if "patched by fairseq_bahdanau.model.compat" in line]
     assert len(lines) == 1  # the reload applied nothing twice
     applied = [name for name in names if compat.status(name) == "applied"]
     assert ", ".join(applied) in lines[0]
@@ -109,7 +109,7 @@ def test_a_patch_that_cannot_apply_is_named_and_the_others_still_apply(monkeypat
         compat.Patch("fixed_upstream", lambda: "fairseq does it right", lambda: pytest.fail("applied")),
         compat.Patch("undecided", reformatted, lambda: installed.append("undecided")),
     ])
-    with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.compat"):
+    with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.model.compat"):
         compat.apply_patches()
     assert statuses["needed"] == "applied"
     assert statuses["broken"].startswith("failed: AttributeError")
@@ -252,7 +252,7 @@ def test_patched_torchrun_launch_takes_torchrun_world_and_gloo(torchrun_env, cap
     for flags, warned in (([], False), (["--distributed-world-size", "4"], True)):
         cfg = training_cfg("--cpu", *flags)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.compat"):
+        with caplog.at_level(logging.INFO, logger="fairseq_bahdanau.model.compat"):
             compat.prepare_launch(cfg)
         dt = cfg.distributed_training
         assert (dt.distributed_world_size, dt.distributed_rank, dt.device_id) == (2, 1, 1)

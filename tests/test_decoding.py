@@ -5,7 +5,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from fairseq_bahdanau.encoder_out import row_copies
+from fairseq_bahdanau.model.encoder_out import row_copies
 from helpers import ATTENTION_TYPES, CORE, CORE_IDS, IDS, VARIANTS, batch, build_model
 
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from fairseq_bahdanau.synthetic import write_corpus
+from fairseq_bahdanau.analysis.synthetic import write_corpus
 from helpers import USER_DIR, build_model, pad_batch, preprocess, random_sentences, run
 
 WORLD_SIZE = 2

@@ -1,4 +1,4 @@
-"""The ONNX translator (issue 34): ``python -m fairseq_bahdanau.export`` and the runtime that reads it.
+"""The ONNX translator (issue 34): ``python -m fairseq_bahdanau.model.export`` and the runtime that reads it.
 
 * Every variant (each attention type, deeper stacks, each output layer, tied embeddings, layer norm), exported as
   graphs and searched by the numpy port of fairseq's beam search, gives fairseq's ``SequenceGenerator``'s
@@ -28,7 +28,7 @@ EXPORTABLE = list(zip(VARIANTS, IDS))  # every variant, layer normalisation incl
 
 
 def write(model, path, **options):
-    from fairseq_bahdanau.export import write_translator
+    from fairseq_bahdanau.model.export import write_translator
 
     write_translator([model], model.encoder.dictionary, model.decoder.dictionary, str(path), options=options)
 
@@ -50,7 +50,7 @@ def assert_same(reference, ours, sentences, width, tolerance=2e-5) -> None:
 
 
 def compare(model, translator, options, sentences) -> None:
-    from fairseq_bahdanau.runtime.search import SearchOptions, generate
+    from fairseq_bahdanau.deploy.search import SearchOptions, generate
 
     src_dict = model.encoder.dictionary
     lengths = torch.tensor([len(s) for s in sentences])
@@ -69,7 +69,7 @@ def compare(model, translator, options, sentences) -> None:
 
 @pytest.mark.parametrize("variant", [v for v, _ in EXPORTABLE], ids=[i for _, i in EXPORTABLE])
 def test_onnx_graphs_and_numpy_search_give_fairseqs_hypotheses(variant, tmp_path):
-    from fairseq_bahdanau.runtime.translator import OnnxTranslator
+    from fairseq_bahdanau.deploy.translator import OnnxTranslator
     from helpers import build_model
 
     model = build_model(**variant)
@@ -86,7 +86,7 @@ def test_onnx_graphs_and_numpy_search_give_fairseqs_hypotheses(variant, tmp_path
 def test_search_options_match_fairseqs(tmp_path):
     """lenpen, unkpen, min_len, max_len_a/b, no_repeat_ngram_size and temperature, on a trained-free model whose
     searches end by themselves, by the length limit and by min_len."""
-    from fairseq_bahdanau.runtime.translator import OnnxTranslator, _Ensemble
+    from fairseq_bahdanau.deploy.translator import OnnxTranslator, _Ensemble
     from helpers import build_model
 
     model = build_model(attention_type="additive")
@@ -103,9 +103,9 @@ def test_search_options_match_fairseqs(tmp_path):
 
 
 def test_ensembles_average_as_fairseqs(tmp_path):
-    from fairseq_bahdanau.export import write_translator
-    from fairseq_bahdanau.runtime.search import SearchOptions, generate
-    from fairseq_bahdanau.runtime.translator import OnnxTranslator
+    from fairseq_bahdanau.model.export import write_translator
+    from fairseq_bahdanau.deploy.search import SearchOptions, generate
+    from fairseq_bahdanau.deploy.translator import OnnxTranslator
     from helpers import build_model
 
     models = [build_model(attention_type="additive", seed=0), build_model(attention_type="none", seed=1)]
@@ -142,7 +142,7 @@ def interactive_translations(data, paths: str, spm, lines):
 #: runs serve.py with torch and fairseq made unimportable, and fails if anything imported them anyway
 WITHOUT_TORCH = (
     "import runpy, sys; sys.modules['torch'] = None; sys.modules['fairseq'] = None; "
-    "sys.argv = ['serve'] + sys.argv[1:]; runpy.run_module('fairseq_bahdanau.serve', run_name='__main__'); "
+    "sys.argv = ['serve'] + sys.argv[1:]; runpy.run_module('fairseq_bahdanau.deploy.serve', run_name='__main__'); "
     "assert not [m for m in sys.modules if m.startswith(('fairseq.', 'torch.'))], 'torch or fairseq was imported'"
 )
 
@@ -160,7 +160,7 @@ def test_exported_translator_equals_interactive_without_torch(pieces_model, tmp_
     spm, data, ckpt, raw = pieces_model
     paths = f"{ckpt}/checkpoint_best.pt" + (f":{ckpt}/checkpoint2.pt" if ensemble else "")
     translator = tmp_path / "translator.onnx"
-    run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", paths, "--data", str(data), "--spm", str(spm),
+    run(sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", paths, "--data", str(data), "--spm", str(spm),
         "--output", str(translator))
     lines = (raw / "test.src").read_text().splitlines()[:12]
     lines[3:3] = ["", "QQQ 1234 ÄÖÜ xx", "   "]  # empty, all pieces unknown, all blank
@@ -179,9 +179,9 @@ def test_exported_translator_equals_interactive_without_torch(pieces_model, tmp_
 def test_translator_in_python_int8_and_bad_files(pieces_model, tmp_path):
     spm, data, ckpt, raw = pieces_model
     translator = tmp_path / "translator.onnx"
-    run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
+    run(sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
         str(data), "--spm", str(spm), "--output", str(translator), "--beam", "1")
-    from fairseq_bahdanau.serve import load
+    from fairseq_bahdanau.deploy.serve import load
 
     line = (raw / "test.src").read_text().splitlines()[0]
     translate = load(str(translator))
@@ -193,7 +193,7 @@ def test_translator_in_python_int8_and_bad_files(pieces_model, tmp_path):
 
     # --quantize (int8 weights of every matrix): translates, mostly as float32 does on this model
     int8 = tmp_path / "int8.onnx"
-    run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
+    run(sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
         str(data), "--spm", str(spm), "--output", str(int8), "--beam", "1", "--quantize")
     lines = (raw / "test.src").read_text().splitlines()[:10]
     quantized = load(str(int8))
@@ -204,27 +204,27 @@ def test_translator_in_python_int8_and_bad_files(pieces_model, tmp_path):
     assert sizes[1] < 0.5 * sizes[0]  # the step's weights are int8
 
     def refused(path, message):
-        proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.serve", str(path)], input="x\n",
+        proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", str(path)], input="x\n",
                               capture_output=True, text=True, env=tool_env())
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
 
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"not a translator")
-    refused(bogus, "not a translator written by fairseq_bahdanau.export")
+    refused(bogus, "not a translator written by fairseq_bahdanau.model.export")
     refused(tmp_path / "nowhere.onnx", "no translator at")
     old = tmp_path / "old.pt"  # what torch.jit.save wrote for earlier versions: a zip with extra/translator.json
     with zipfile.ZipFile(old, "w") as z:
         z.writestr("old/extra/translator.json", "{}")
         z.writestr("old/constants.pkl", b"")
     refused(old, "TorchScript translator from an earlier version")
-    refused(old, "python -m fairseq_bahdanau.export")
-    missing = run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", str(tmp_path / "nope.pt"), "--data",
+    refused(old, "python -m fairseq_bahdanau.model.export")
+    missing = run(sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", str(tmp_path / "nope.pt"), "--data",
                   str(data), "--output", str(tmp_path / "t.onnx"), check=False)
     assert missing.returncode != 0 and "no such file" in missing.stderr
     assert not (tmp_path / "t.onnx").exists()
     clash = tmp_path / "file.onnx"
     clash.write_text("keep me")
-    taken = run(sys.executable, "-m", "fairseq_bahdanau.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
+    taken = run(sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", f"{ckpt}/checkpoint_best.pt", "--data",
                 str(data), "--output", str(clash), check=False)
     assert taken.returncode == 1 and "exists and is not a translator folder" in taken.stderr
     assert clash.read_text() == "keep me" and not list(tmp_path.glob("file.onnx.*"))
@@ -262,9 +262,9 @@ def test_the_search_over_each_rows_best_tokens_equals_the_search_over_the_vocabu
 
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    from fairseq_bahdanau.graphs import TOP
-    from fairseq_bahdanau.model import BahdanauGRUModel
-    from fairseq_bahdanau.runtime.translator import OnnxTranslator
+    from fairseq_bahdanau.model.graphs import TOP
+    from fairseq_bahdanau.model.bahdanau_gru import BahdanauGRUModel
+    from fairseq_bahdanau.deploy.translator import OnnxTranslator
     from helpers import DummyTask, dictionary
 
     torch.manual_seed(4)

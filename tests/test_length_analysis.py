@@ -1,4 +1,4 @@
-"""``python -m fairseq_bahdanau.length_analysis``: BLEU by source length, table and figure, for two small systems."""
+"""``python -m fairseq_bahdanau.analysis.length_analysis``: BLEU by source length, table and figure, for two small systems."""
 
 import random
 import re
@@ -6,7 +6,7 @@ import re
 import matplotlib.image
 import pytest
 
-from fairseq_bahdanau import length_analysis
+from fairseq_bahdanau.analysis import length_analysis
 from helpers import ROOT, run
 
 
@@ -39,7 +39,7 @@ def systems(tmp_path):
 def test_table_and_figure_for_two_systems(systems):
     root, _ = systems
     figure = root / "bleu_by_length.png"
-    out = run("python", "-m", "fairseq_bahdanau.length_analysis", "--source", str(root / "src"), "--reference",
+    out = run("python", "-m", "fairseq_bahdanau.analysis.length_analysis", "--source", str(root / "src"), "--reference",
               str(root / "ref"), "--system", f"perfect={root / 'perfect'}", "--system", f"fading={root / 'fading.out'}",
               "--bootstrap", "50", "--plot", str(figure), cwd=ROOT).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| source")]

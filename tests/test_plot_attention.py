@@ -1,4 +1,4 @@
-"""``python -m fairseq_bahdanau.plot_attention`` and ``attention_matrix``, on a tiny model trained on the
+"""``python -m fairseq_bahdanau.analysis.plot_attention`` and ``attention_matrix``, on a tiny model trained on the
 synthetic reordering task."""
 
 import io
@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fairseq_bahdanau.plot_attention import attention_matrix, load_hub, parse_args
+from fairseq_bahdanau.analysis.plot_attention import attention_matrix, load_hub, parse_args
 from helpers import ROOT, TRAIN, USER_DIR, run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +25,7 @@ def test_command_line_writes_a_png(trained, tmp_path):
     data, checkpoint, sources = trained
     output = tmp_path / "attention.png"
     # run from the checkout so that ``-m fairseq_bahdanau...`` finds the package
-    out = run("python", "-m", "fairseq_bahdanau.plot_attention", "--path", str(checkpoint), "--data", str(data),
+    out = run("python", "-m", "fairseq_bahdanau.analysis.plot_attention", "--path", str(checkpoint), "--data", str(data),
               "--beam", "5", "--output", str(output), sources[0], cwd=ROOT)
     # stdout holds the translation and nothing else (target words are upper case in the synthetic task)
     lines = out.stdout.splitlines()
@@ -42,7 +42,7 @@ def test_a_model_without_attention_gets_a_message(trained, tmp_path):
     data, _, sources = trained
     run("fairseq-train", str(data), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny", "--attention-type",
         "none", "--max-epoch", "1", "--save-dir", str(tmp_path / "encdec"), *TRAIN)
-    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.plot_attention", "--path",
+    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.analysis.plot_attention", "--path",
                            str(tmp_path / "encdec" / "checkpoint_best.pt"), "--data", str(data), "--output",
                            str(tmp_path / "a.png"), sources[0]], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "has no attention to plot" in proc.stderr, proc.stderr

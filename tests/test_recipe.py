@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fairseq_bahdanau.synthetic import write_corpus
+from fairseq_bahdanau.analysis.synthetic import write_corpus
 from helpers import BIN, ROOT, TRAIN, USER_DIR, run
 
 SPM = os.path.join(ROOT, "examples", "multi30k", "spm.py")

@@ -21,14 +21,22 @@ def python(code: str) -> str:
 def test_tools_import_no_fairseq():
     """A deployment (``serve``) and the analysis tools import nothing of fairseq, and register nothing, even where
     fairseq is installed."""
-    tools = ["serve", "export", "length_analysis", "synthetic", "plot_attention"]
+    tools = ["deploy.serve", "model.export", "analysis.length_analysis", "analysis.synthetic",
+             "analysis.plot_attention"]
     code = (f"import sys; import {', '.join('fairseq_bahdanau.' + tool for tool in tools)}; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fairseq'))")
     assert python(code) == "[]"
 
 
+def test_the_deployment_side_imports_nothing_of_the_model_side():
+    """``deploy`` (the filter, the service, the runtime) imports neither torch nor ``fairseq_bahdanau.model``."""
+    code = ("import sys; import fairseq_bahdanau.deploy.serve, fairseq_bahdanau.deploy.service; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('fairseq_bahdanau.m')))")
+    assert python(code) == "[]"
+
+
 def test_register_after_a_tool_import_and_on_fairseq_user_dir_load():
-    code = ("import fairseq_bahdanau.serve, fairseq_bahdanau; fairseq_bahdanau.register(); "
+    code = ("import fairseq_bahdanau.deploy.serve, fairseq_bahdanau; fairseq_bahdanau.register(); "
             "from fairseq.models import ARCH_MODEL_REGISTRY; print(ARCH_MODEL_REGISTRY['bahdanau_gru_tiny'].__name__)")
     assert python(code) == "BahdanauGRUModel"
     code = ("from fairseq import utils; from argparse import Namespace; "
@@ -81,7 +89,7 @@ def test_rnnsearch_configuration():
 
 
 def test_encdec_configuration_is_the_notebook_model_without_attention():
-    from fairseq_bahdanau.decoder import FixedContextGRUDecoder
+    from fairseq_bahdanau.model.decoder import FixedContextGRUDecoder
 
     model = build_model("bahdanau_gru_encdec")
     reference = build_model("bahdanau_gru")
@@ -150,7 +158,7 @@ def test_share_all_embeddings_ties_source_target_and_output():
     import torch
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    from fairseq_bahdanau.model import BahdanauGRUModel
+    from fairseq_bahdanau.model.bahdanau_gru import BahdanauGRUModel
     from helpers import DummyTask, batch, dictionary
 
     args = argparse.Namespace(share_all_embeddings=True, decoder_out_embed_dim=32, init_range=0.1)
@@ -180,7 +188,7 @@ def test_share_all_embeddings_refuses_two_dictionaries_of_one_size():
     from fairseq.data import Dictionary
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    from fairseq_bahdanau.model import BahdanauGRUModel
+    from fairseq_bahdanau.model.bahdanau_gru import BahdanauGRUModel
     from helpers import DummyTask, dictionary
 
     other = Dictionary()

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from fairseq_bahdanau.compat import CheckpointError
-from fairseq_bahdanau.synthetic import Lexicon, write_corpus
+from fairseq_bahdanau.model.compat import CheckpointError
+from fairseq_bahdanau.analysis.synthetic import Lexicon, write_corpus
 from helpers import BIN, TRAIN, USER_DIR, preprocess, run, tool_env
 
 

@@ -26,7 +26,7 @@ def pinned(name: str) -> str:
 
 
 def test_a_venv_without_torch_runs_the_filter_and_the_service(translators, tmp_path):
-    from fairseq_bahdanau.serve import load
+    from fairseq_bahdanau.deploy.serve import load
 
     from helpers import ROOT
 
@@ -63,7 +63,7 @@ def test_a_venv_without_torch_runs_the_filter_and_the_service(translators, tmp_p
 
     lines = (translators.raw / "test.src").read_text().splitlines()[:8] + [""]
     expected = load(str(translators.attention))(lines)
-    proc = subprocess.run([python, "-m", "fairseq_bahdanau.serve", str(translators.attention)],
+    proc = subprocess.run([python, "-m", "fairseq_bahdanau.deploy.serve", str(translators.attention)],
                           input="".join(line + "\n" for line in lines), capture_output=True, text=True, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -72,7 +72,7 @@ def test_a_venv_without_torch_runs_the_filter_and_the_service(translators, tmp_p
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([python, "-m", "fairseq_bahdanau.serve", "--port", str(port),
+    server = subprocess.Popen([python, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(port),
                                str(translators.attention), str(translators.encdec)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
     try:

@@ -1,6 +1,6 @@
 """The translation service (service.py) and the translator's details (serve.py), against a real server.
 
-Each test starts ``python -m fairseq_bahdanau.serve --port P`` on 127.0.0.1 with the exported attention model and
+Each test starts ``python -m fairseq_bahdanau.deploy.serve --port P`` on 127.0.0.1 with the exported attention model and
 its fixed-context twin (the ``translators`` fixture), and talks to it over HTTP: the JSON API, word-level attention,
 every kind of bad input, concurrent clients (each answer checked against one-at-a-time translation), the queue's
 503, SIGTERM's graceful stop, and the page in a real browser (Debian's chromium, through selenium).
@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Tuple
 import pytest
 
 from helpers import tool_env
-from fairseq_bahdanau.runtime.text import Attention, load, word_attention, word_spans
+from fairseq_bahdanau.deploy.text import Attention, load, word_attention, word_spans
 
 
 def free_port() -> int:
@@ -34,14 +34,14 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m fairseq_bahdanau.serve --port P ...`` in a subprocess, ready when ``/health`` answers."""
+    """``python -m fairseq_bahdanau.deploy.serve --port P ...`` in a subprocess, ready when ``/health`` answers."""
 
     def __init__(self, paths, *options: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would stop the server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fairseq_bahdanau.serve", "--port", str(self.port), *map(str, paths), *options],
+            [sys.executable, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(self.port), *map(str, paths), *options],
             stdout=self.log, stderr=subprocess.STDOUT, text=True, env=tool_env())
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -139,7 +139,7 @@ def test_details_give_nbest_scores_and_attention_of_the_best(translators, senten
 
 def test_the_filter_keeps_going_past_a_line_that_is_too_long(translators, sentences):
     lines = [sentences[0], "w " * 1100, "", sentences[1]]
-    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.serve", str(translators.attention)],
+    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", str(translators.attention)],
                           input="".join(line + "\n" for line in lines), capture_output=True, text=True,
                           env=tool_env())
     translator = load(str(translators.attention))
@@ -153,8 +153,8 @@ def test_batcher_joins_requests_of_one_key_keeps_the_others_in_order_and_bounds_
     oldest waiting request goes first, with the later ones of its key that fit beside it."""
     import asyncio
 
-    from fairseq_bahdanau.serve import Translation
-    from fairseq_bahdanau.service import Batcher, Limits
+    from fairseq_bahdanau.deploy.serve import Translation
+    from fairseq_bahdanau.deploy.service import Batcher, Limits
 
     release, calls = threading.Event(), []
 
@@ -385,7 +385,7 @@ def test_a_lone_surrogate_costs_only_its_own_line(server, sentences):
 
 def test_the_filter_keeps_going_past_a_line_that_is_not_utf8(translators, sentences):
     lines = [sentences[0].encode(), b"\xff\xfe broken", sentences[1].encode()]
-    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.serve", str(translators.attention)],
+    proc = subprocess.run([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", str(translators.attention)],
                           input=b"".join(line + b"\n" for line in lines), capture_output=True, env=tool_env())
     translator = load(str(translators.attention))
     assert proc.returncode == 1
@@ -473,8 +473,8 @@ def test_a_batch_holds_at_most_max_work_and_a_stalled_body_gets_408(translators,
     at once."""
     import asyncio
 
-    from fairseq_bahdanau.serve import Translation
-    from fairseq_bahdanau.service import Batcher, Limits
+    from fairseq_bahdanau.deploy.serve import Translation
+    from fairseq_bahdanau.deploy.service import Batcher, Limits
 
     release, calls = threading.Event(), []
 
@@ -543,7 +543,7 @@ def test_health_answers_503_when_a_worker_is_dead():
     import asyncio
     import types
 
-    from fairseq_bahdanau.service import Batcher, Limits, Service, health
+    from fairseq_bahdanau.deploy.service import Batcher, Limits, Service, health
 
     async def scenario():
         service = Service({}, Limits())

@@ -8,7 +8,7 @@ from helpers import batch, build_model
 
 
 def test_word_dropout_drops_whole_words_in_training_only():
-    from fairseq_bahdanau.dropout import drop_words
+    from fairseq_bahdanau.model.dropout import drop_words
 
     emb = torch.randn(4, 50, 8)
     torch.manual_seed(0)
@@ -29,7 +29,7 @@ def test_word_dropout_drops_whole_words_in_training_only():
 
 
 def test_dropout_zeroes_with_probability_p_scales_the_rest_and_routes_gradients():
-    from fairseq_bahdanau.dropout import dropout
+    from fairseq_bahdanau.model.dropout import dropout
 
     x = torch.randn(64, 100, 32, requires_grad=True)
     torch.manual_seed(0)

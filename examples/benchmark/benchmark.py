@@ -300,7 +300,7 @@ def main() -> None:
             parser.error(f"unknown models {unknown}: choose from {list(MODELS)}")
     else:
         sys.path.insert(0, ROOT)
-        from fairseq_bahdanau.precision import fast_bfloat16_cpu
+        from fairseq_bahdanau.model.precision import fast_bfloat16_cpu
 
         names = list(MODELS)
         if args.device == "cuda":  # --autocast-bf16 is CPU-only; on GPUs --precision amp is its counterpart

@@ -7,8 +7,8 @@ Systems, each given the raw lines and returning detokenized lines (sentencepiece
 inside every system's time):
 
 * ``fairseq lstm``: fairseq's ``lstm`` checkpoint through fairseq's ``SequenceGenerator`` (eager torch);
-* ``ours ONNX`` and ``ours ONNX int8``: the translator it writes now (``python -m fairseq_bahdanau.export`` with
-  and without ``--quantize``), through ``fairseq_bahdanau.serve.load`` (ONNX Runtime, numpy search);
+* ``ours ONNX`` and ``ours ONNX int8``: the translator it writes now (``python -m fairseq_bahdanau.model.export`` with
+  and without ``--quantize``), through ``fairseq_bahdanau.deploy.serve.load`` (ONNX Runtime, numpy search);
 * ``transformer CT2`` and ``transformer CT2 int8``: fairseq's ``transformer`` checkpoint converted by
   CTranslate2's fairseq converter (float32 and int8), run by ``ctranslate2.Translator``.
 
@@ -46,7 +46,7 @@ def fairseq_system(path: str, data: str, spm: str) -> Translate:
     from fairseq.data import data_utils
     from fairseq.sequence_generator import SequenceGenerator
 
-    from fairseq_bahdanau.export import load
+    from fairseq_bahdanau.model.export import load
 
     models, task = load([path], data, "de", "en")
     sp = sentencepiece.SentencePieceProcessor(model_file=spm)
@@ -73,14 +73,14 @@ def fairseq_system(path: str, data: str, spm: str) -> Translate:
 
 def export_onnx(path: str, data: str, spm: str, quantize: bool, tmp: str) -> str:
     folder = os.path.join(tmp, f"ours{'-int8' if quantize else ''}.onnx")
-    subprocess.run([sys.executable, "-m", "fairseq_bahdanau.export", "--path", path, "--data", data, "--spm", spm,
+    subprocess.run([sys.executable, "-m", "fairseq_bahdanau.model.export", "--path", path, "--data", data, "--spm", spm,
                     "--source-lang", "de", "--target-lang", "en", "--output", folder,
                     *(["--quantize"] if quantize else [])], check=True, capture_output=True)
     return folder
 
 
 def onnx_system(folder: str) -> Translate:
-    from fairseq_bahdanau.serve import load
+    from fairseq_bahdanau.deploy.serve import load
 
     translator = load(folder, threads=1)
 
@@ -123,7 +123,7 @@ def percentile(values: List[float], q: float) -> float:
 
 #: each system's load in a fresh process: (imports, loader expression using ARG)
 PROBES = {
-    "onnx": ("from fairseq_bahdanau.serve import load", "t = load(ARG, threads=1); t(LINES)"),
+    "onnx": ("from fairseq_bahdanau.deploy.serve import load", "t = load(ARG, threads=1); t(LINES)"),
     "ct2": ("import ctranslate2, sentencepiece",
             "t = ctranslate2.Translator(ARG, device='cpu', compute_type=COMPUTE, intra_threads=1); "
             "sp = sentencepiece.SentencePieceProcessor(model_file=SPM); "

@@ -8,8 +8,8 @@ drift from minute to minute falls on all of them alike):
 
 * ``lstm``: fairseq's built-in ``lstm`` at matched sizes (as in benchmark.py) through fairseq's ``SequenceGenerator``;
 * ``ours eager``: ``bahdanau_gru`` (matched) through the same generator;
-* ``translator``: the ONNX translator ``python -m fairseq_bahdanau.export`` writes, loaded back
-  (``fairseq_bahdanau.runtime``: ONNX Runtime and the numpy search) and given the sentence's pieces (the dictionary
+* ``translator``: the ONNX translator ``python -m fairseq_bahdanau.model.export`` writes, loaded back
+  (``fairseq_bahdanau.deploy``: ONNX Runtime and the numpy search) and given the sentence's pieces (the dictionary
   look-ups and padding are inside it; sentencepiece's own encoding, some microseconds, is not timed);
   ``translator int8``: the same with ``--quantize`` (int8 weights).
 
@@ -23,7 +23,7 @@ each. ``--profile`` first splits one generation step at batch 1 into the model's
 generator's own work around it.
 
 ``--trained`` measures trained checkpoints instead, as they would be deployed: each ``NAME=PATHS`` (several
-colon-separated checkpoints make an ensemble) exported as the ONNX translator (``fairseq_bahdanau.export``; with
+colon-separated checkpoints make an ensemble) exported as the ONNX translator (``fairseq_bahdanau.model.export``; with
 ``--quantize`` its int8 twin too) at beam 5 and greedy, every translator taking turns sentence by sentence. Here the
 translations end where the model ends them, so a system's time includes the length it chooses: reported are the
 median and 90th percentile milliseconds per sentence, the mean number of target pieces, and the first system's beam-5
@@ -45,7 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from benchmark import MODELS, USER_DIR  # noqa: E402  (this directory's benchmark.py)
 
-from fairseq_bahdanau.runtime.translator import OnnxTranslator  # noqa: E402
+from fairseq_bahdanau.deploy.translator import OnnxTranslator  # noqa: E402
 
 SYSTEMS = ["lstm", "ours eager", "translator", "translator int8"]
 
@@ -100,7 +100,7 @@ def profile_step(model, generator, sample, length: int, repeats: int = 200) -> D
 
 def trained_latency(args: argparse.Namespace) -> None:
     """The ``--trained`` mode (see the module docstring)."""
-    from fairseq_bahdanau import export
+    from fairseq_bahdanau.model import export
 
     systems: Dict[str, Callable] = {}
     dataset = src_dict = None
@@ -184,7 +184,7 @@ def main() -> None:
 
     from fairseq.sequence_generator import SequenceGenerator
 
-    from fairseq_bahdanau import export
+    from fairseq_bahdanau.model import export
 
     lstm, task = build("lstm (matched)", args)
     ours, _ = build("bahdanau_gru (matched)", args)

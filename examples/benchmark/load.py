@@ -6,9 +6,9 @@ that sends the heaviest legal requests, against the line filter translating one 
 
 Both sides get the same translator and the same sentences, one sentence per request, in a fixed order per client:
 
-* ``filter``: ``python -m fairseq_bahdanau.serve translator.onnx --threads T``, fed one line and read one line at a
+* ``filter``: ``python -m fairseq_bahdanau.deploy.serve translator.onnx --threads T``, fed one line and read one line at a
   time (what a single client of a filter gets: no batching), for ``--seconds``;
-* ``service, N clients``: ``python -m fairseq_bahdanau.serve --port P translator.onnx --workers W --threads T`` on
+* ``service, N clients``: ``python -m fairseq_bahdanau.deploy.serve --port P translator.onnx --workers W --threads T`` on
   127.0.0.1 with its other limits at their defaults, and N client threads here, each sending its next sentence when
   the last one is answered, for ``--seconds``. A client answered 503 waits the ``Retry-After`` it is given and
   sends the same sentence again. The service batches what arrives together (``/health`` reports how many batches
@@ -62,7 +62,7 @@ def spin() -> None:
 
 def run_filter(translator: str, sentences: List[str], seconds: float, threads: int) -> Dict[str, object]:
     """One client of the filter: a line in, wait for its line out, the next line."""
-    process = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.serve", translator, "--threads",
+    process = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", translator, "--threads",
                                 str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                                env=environment(threads))
     latencies, answers = [], {}
@@ -129,7 +129,7 @@ def run_service(translator: str, sentences: List[str], clients: int, seconds: fl
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.serve", "--port", str(port), translator,
+    process = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(port), translator,
                                 "--threads", str(threads), "--workers", str(workers)], stdout=log,
                                stderr=subprocess.STDOUT, env=environment(threads))
     try:
@@ -203,7 +203,7 @@ def run_service(translator: str, sentences: List[str], clients: int, seconds: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--translator", required=True, help="a file fairseq_bahdanau.export wrote")
+    parser.add_argument("--translator", required=True, help="a file fairseq_bahdanau.model.export wrote")
     parser.add_argument("--sentences", required=True, help="source sentences, one per line")
     parser.add_argument("--clients", default="1,8,32,64")
     parser.add_argument("--heavy", action="store_true", help="also each client count with one heavy client")

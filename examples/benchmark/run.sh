@@ -12,7 +12,7 @@ if [ -n "${MULTI30K_DIR:-}" ]; then
 else
   WORK="${WORK:-$ROOT/runs/benchmark-synthetic}"
   if [ ! -f "$WORK/bin/dict.src.txt" ]; then
-    "${PYTHON:-python}" -m fairseq_bahdanau.synthetic "$WORK/raw" --train 20000 --valid 500 --test 1000
+    "${PYTHON:-python}" -m fairseq_bahdanau.analysis.synthetic "$WORK/raw" --train 20000 --valid 500 --test 1000
     fairseq-preprocess --source-lang src --target-lang tgt --trainpref "$WORK/raw/train" \
       --validpref "$WORK/raw/valid" --testpref "$WORK/raw/test" --destdir "$WORK/bin" --workers 2 > /dev/null 2>&1
   fi

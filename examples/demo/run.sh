@@ -15,7 +15,7 @@ export PYTHONWARNINGS=ignore
 rm -rf "$DIR" && mkdir -p "$DIR"
 
 echo "== 1. synthetic corpus (verb-final source, verb-first target, adjective after noun; 2 to 49 words) -> $DIR/raw"
-python -m fairseq_bahdanau.synthetic "$DIR/raw" --train 8000 --valid 300 --test 500 --seed 1 --max-phrases 24
+python -m fairseq_bahdanau.analysis.synthetic "$DIR/raw" --train 8000 --valid 300 --test 500 --seed 1 --max-phrases 24
 paste -d '\n' <(head -2 "$DIR/raw/train.src" | sed 's/^/  src: /') <(head -2 "$DIR/raw/train.tgt" | sed 's/^/  tgt: /')
 
 echo "== 2. fairseq-preprocess"
@@ -48,7 +48,7 @@ echo "== 6. sacreBLEU of the attention model on the test split ($(wc -l < "$DIR/
 sacrebleu "$DIR/test.ref" -i "$DIR/test.hyp" -m bleu -w 2
 
 echo "== 7. BLEU by source sentence length (Bahdanau et al. 2015, Figure 2)"
-python -m fairseq_bahdanau.length_analysis --source "$DIR/raw/test.src" --reference "$DIR/raw/test.tgt" \
+python -m fairseq_bahdanau.analysis.length_analysis --source "$DIR/raw/test.src" --reference "$DIR/raw/test.tgt" \
   --system "attention=$DIR/generate.attention.out" --system "encdec=$DIR/generate.encdec.out" \
   --plot "$DIR/bleu_by_length.png" --title "synthetic reordering task: attention vs a fixed context" 2> /dev/null
 
@@ -57,9 +57,9 @@ python "$HERE/show_alignments.py" "$DIR/generate.attention.out" 3
 
 echo "== 9. both models exported as ONNX translators (ONNX Runtime + numpy, no torch) -> $DIR/attention.onnx, $DIR/encdec.onnx"
 for name in attention encdec; do
-  python -m fairseq_bahdanau.export --path "$DIR/checkpoints/$name/checkpoint_best.pt" --data "$DIR/bin" \
+  python -m fairseq_bahdanau.model.export --path "$DIR/checkpoints/$name/checkpoint_best.pt" --data "$DIR/bin" \
     --source-lang src --target-lang tgt --output "$DIR/$name.onnx" > "$DIR/export.$name.log" 2>&1 \
     || { tail -20 "$DIR/export.$name.log"; exit 1; }
 done
-echo "  the page, side by side:  python -m fairseq_bahdanau.serve --port 8000 $DIR/attention.onnx $DIR/encdec.onnx"
+echo "  the page, side by side:  python -m fairseq_bahdanau.deploy.serve --port 8000 $DIR/attention.onnx $DIR/encdec.onnx"
 echo "                           then open http://127.0.0.1:8000/ and paste a line of $DIR/raw/test.src"

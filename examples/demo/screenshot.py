@@ -25,7 +25,7 @@ def main() -> None:
     line = int(sys.argv[3]) if len(sys.argv) > 3 else 7
     sentence = open(os.path.join(demo, "raw", "test.src"), encoding="utf-8").read().splitlines()[line]
     port = 8765
-    server = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(port),
                                os.path.join(demo, "attention.onnx"), os.path.join(demo, "encdec.onnx")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

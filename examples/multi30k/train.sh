@@ -112,7 +112,7 @@ case "$CONFIG" in
           "transformer)" >&2; exit 1 ;;
 esac
 fast_bfloat16() {  # True or False: whether bfloat16 matrix products are measured faster than float32 here
-  python -c "from fairseq_bahdanau.precision import fast_bfloat16_cpu; print(fast_bfloat16_cpu())" 2>/dev/null \
+  python -c "from fairseq_bahdanau.model.precision import fast_bfloat16_cpu; print(fast_bfloat16_cpu())" 2>/dev/null \
     | tail -n1 || true
 }
 FAST_BF16_HERE=""  # asked at most once (the answer is a measurement), and only where a decision needs it

@@ -1,14 +1,14 @@
 """Export a trained model as an ONNX translator: a folder that translates with ONNX Runtime, numpy and
 sentencepiece alone (no torch, no fairseq).
 
-    python -m fairseq_bahdanau.export --path checkpoint_best.pt --data data-bin [--spm spm.model] \\
+    python -m fairseq_bahdanau.model.export --path checkpoint_best.pt --data data-bin [--spm spm.model] \\
         --output translator.onnx [--quantize] [--source-lang de --target-lang en] [--beam 5 --lenpen 1 ...]
 
 The folder ``translator.onnx/`` holds, for each model of the ensemble (``--path a.pt:b.pt``), its encoder and its
 decoder step as ONNX graphs (``graphs.py``), the
 dictionaries and the generation options in ``translator.json``, and the sentencepiece model
-(``sentencepiece.model``). ``python -m fairseq_bahdanau.serve translator.onnx`` translates with it (also from a
-zip archive of the folder's files); the search is fairseq's, in numpy (``runtime/search.py``), so that in float32
+(``sentencepiece.model``). ``python -m fairseq_bahdanau.deploy.serve translator.onnx`` translates with it (also from a
+zip archive of the folder's files); the search is fairseq's, in numpy (``deploy/search.py``), so that in float32
 the translations are what ``fairseq-interactive --bpe sentencepiece --sentencepiece-model spm.model`` prints on
 its ``D-`` lines for the same checkpoints and options.
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .encoder_out import ANNOTATIONS, DECODER_INIT, PADDING_MASK, SUMMARY
-from .runtime.files import META_FILE, SPM_FILE, FORMAT
+from ..deploy.files import META_FILE, SPM_FILE, FORMAT
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any, Dict, Optional
 
 META_FILE = "translator.json"
 SPM_FILE = "sentencepiece.model"
-#: the format written by ``fairseq_bahdanau.export``; a file in another format is refused with a clear message
+#: the format written by ``fairseq_bahdanau.model.export``; a file in another format is refused with a clear message
 FORMAT = "fairseq_bahdanau.onnx/2"
 
-REEXPORT = ("export it again with this version: python -m fairseq_bahdanau.export --path CHECKPOINT --data DATA "
+REEXPORT = ("export it again with this version: python -m fairseq_bahdanau.model.export --path CHECKPOINT --data DATA "
             "[--spm SPM] --output translator.onnx")
 
 
@@ -28,11 +28,11 @@ class TranslatorFiles:
         self._prefix = ""
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, META_FILE)):
-                raise ValueError(f"{path} is a folder but not a translator written by fairseq_bahdanau.export "
+                raise ValueError(f"{path} is a folder but not a translator written by fairseq_bahdanau.model.export "
                                  f"(it has no {META_FILE})")
         elif os.path.isfile(path):
             if not zipfile.is_zipfile(path):
-                raise ValueError(f"{path} is not a translator written by fairseq_bahdanau.export (neither a "
+                raise ValueError(f"{path} is not a translator written by fairseq_bahdanau.model.export (neither a "
                                  "translator folder nor a zip archive of one)")
             self._zip = zipfile.ZipFile(path)
             names = self._zip.namelist()
@@ -45,7 +45,7 @@ class TranslatorFiles:
                     self._prefix = candidates[0][: -len(META_FILE)]
                 else:
                     raise ValueError(f"{path} is a zip archive but not a translator written by "
-                                     f"fairseq_bahdanau.export (it has no {META_FILE})")
+                                     f"fairseq_bahdanau.model.export (it has no {META_FILE})")
         else:
             raise ValueError(f"no translator at {path}")
 

@@ -1,6 +1,6 @@
 """The translation service: exported translators behind HTTP, with a page that shows what attention does.
 
-    python -m fairseq_bahdanau.serve --port 8000 attention.onnx [encdec.onnx ...]   (pip install .[serve])
+    python -m fairseq_bahdanau.deploy.serve --port 8000 attention.onnx [encdec.onnx ...]   (pip install .[serve])
 
 Endpoints (JSON in and out; every error, 404 and 405 included, is a JSON object ``{"error": MESSAGE}``):
 
@@ -56,8 +56,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
-from .runtime.search import Cancelled
-from .runtime.text import LoadedTranslator, Translation, load
+from .search import Cancelled
+from .text import LoadedTranslator, Translation, load
 
 logger = logging.getLogger(__name__)
 
@@ -760,7 +760,7 @@ def read_key(path: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fairseq_bahdanau.serve --port PORT",
+    parser = argparse.ArgumentParser(prog="python -m fairseq_bahdanau.deploy.serve --port PORT",
                                      description="The translation service: " + __doc__.split("\n\n")[2])
     parser.add_argument("translators", nargs="+", metavar="translator")
     parser.add_argument("--port", type=int, required=True)

@@ -3,7 +3,7 @@
 ``export.py`` writes them with ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter) from
 the modules below, which call the model's own code (``gru.gru_update``, the layer normalisations, the decoder
 family's ``_new_source``, ``_step``, ``_features`` and ``output_layer``), so that the graphs compute what fairseq's
-generator computes. The loops run outside them, in numpy (``runtime/translator.py``, ``runtime/search.py``).
+generator computes. The loops run outside them, in numpy (``deploy/translator.py``, ``deploy/search.py``).
 
 The encoder is one of two forms. ``EncoderGraph`` (float32 models without ``--layer-norm``): ``src_tokens`` B x S
 (right-padded), ``src_lengths`` B -> ``decoder_init`` and the source side (as ``EncoderOutputGraph`` below), the
@@ -12,7 +12,7 @@ it exact for every sentence of a padded batch): the exporter's own translation o
 to the example's length, so the graph calls a custom operator (``fairseq_bahdanau::bigru``) translated by
 ``bigru_onnx``. Or, with ``--layer-norm`` (which the operator does not have) and for ``--quantize`` (the operator
 has no int8 form, and reads its two 3H x H float32 matrices at every position), the layers step by step, for each
-layer ``l`` (``runtime.translator._encode_steps`` loops over positions, both directions at once, the backward
+layer ``l`` (``deploy.translator._encode_steps`` loops over positions, both directions at once, the backward
 direction reading each sentence reversed within its own length, so a padded batch is exact):
 
 * ``EncoderInputGraph``: the layer's input gates of every position and both directions, ``W_ih x + b_ih``
@@ -45,7 +45,7 @@ from .encoder_out import ANNOTATIONS, DECODER_INIT, PADDING_MASK, SUMMARY
 from .gru import gru_update
 
 #: the most tokens of each hypothesis the step graph ranks (``top_values``, ``top_indices``): 2 x 16 + 3, what
-#: the search needs for beams of up to 16 (``runtime/search.py``, ``_top_candidates``)
+#: the search needs for beams of up to 16 (``deploy/search.py``, ``_top_candidates``)
 TOP = 35
 
 #: the encoder graph's outputs after ``decoder_init``, by decoder family

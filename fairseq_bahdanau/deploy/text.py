@@ -76,7 +76,7 @@ def word_attention(pieces: Attention, sentencepiece: bool) -> Attention:
 
 
 class LoadedTranslator:
-    """Text in, text out: sentencepiece encoding, the ONNX translator (``runtime.translator``), and fairseq's
+    """Text in, text out: sentencepiece encoding, the ONNX translator (``translator``), and fairseq's
     decoding of pieces. One instance may be used by several threads at once."""
 
     def __init__(self, path: str, threads: Optional[int] = None) -> None:
@@ -147,7 +147,7 @@ class LoadedTranslator:
         """Translate lines together, each with its n-best list (``nbest`` <= ``beam``) and attention. A line that
         cannot be translated (too long, or not valid Unicode) gets a ``Translation`` with ``error`` set, and the
         others are translated; an empty or all-blank line gets an empty translation. ``stop``: asked before every
-        decoder step; True stops the translation (``runtime.search.Cancelled``)."""
+        decoder step; True stops the translation (``search.Cancelled``)."""
         beam = self.default_beam if beam is None else beam
         out: List[Translation] = [Translation("", [], None, None) for _ in lines]
         pieces: List[List[str]] = []

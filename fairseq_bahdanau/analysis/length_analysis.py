@@ -1,6 +1,6 @@
 """Translation quality by source sentence length (Bahdanau et al. 2015, Figure 2), for one or more systems.
 
-    python -m fairseq_bahdanau.length_analysis --source test.de --reference test.en \\
+    python -m fairseq_bahdanau.analysis.length_analysis --source test.de --reference test.en \\
         --system attention=gen.attention.out --system encdec=gen.encdec.out \\
         [--width 10] [--min-sentences 30] [--bootstrap 1000] [--plot bleu_by_length.png]
 

@@ -207,7 +207,7 @@ def clear_checkpoint_errors() -> Callable:
                 raise CheckpointError(
                     f"refused to load checkpoint {path}: unpickling it needs a type that is not allow-listed, "
                     f"and such a file can run code when loaded ({blocked}). If you trust the file, add that type to "
-                    "fairseq_bahdanau.compat.SAFE_GLOBALS."
+                    "fairseq_bahdanau.model.compat.SAFE_GLOBALS."
                 ) from e
             detail = next((line for line in lines if line.startswith("Unsupported")), None) or lines[0]
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({detail})") from e
@@ -716,7 +716,7 @@ def apply_patches() -> None:
                 statuses[patch.name] = f"not needed: {reason}"
         except Exception as e:  # noqa: BLE001 (one patch must not stop the model from loading)
             statuses[patch.name] = f"failed: {type(e).__name__}: {e}"
-            logger.warning("fairseq_bahdanau.compat: patch %s could not be applied to this fairseq (%s: %s); what it "
+            logger.warning("fairseq_bahdanau.model.compat: patch %s could not be applied to this fairseq (%s: %s); what it "
                            "fixes stays unfixed", patch.name, type(e).__name__, e)
     if new:
         import fairseq
@@ -725,7 +725,7 @@ def apply_patches() -> None:
                 for p in new if statuses[p.name].startswith("applied")]
         skipped = [f"{p.name} ({statuses[p.name][len('not needed: '):]})" for p in new
                    if statuses[p.name].startswith("not needed")]
-        logger.info("fairseq %s patched by fairseq_bahdanau.compat: %s%s", getattr(fairseq, "__version__", "?"),
+        logger.info("fairseq %s patched by fairseq_bahdanau.model.compat: %s%s", getattr(fairseq, "__version__", "?"),
                     ", ".join(done) or "nothing",
                     f"; not needed here: {', '.join(skipped)}" if skipped else "")
 

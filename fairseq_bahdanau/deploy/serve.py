@@ -1,15 +1,15 @@
-"""Translate with an exported translator (``fairseq_bahdanau.export``): ONNX Runtime, numpy and sentencepiece.
+"""Translate with an exported translator (``fairseq_bahdanau.model.export``): ONNX Runtime, numpy and sentencepiece.
 
-    python -m fairseq_bahdanau.serve translator.onnx < input.de > output.en          # the line filter
-    python -m fairseq_bahdanau.serve --port 8000 attention.onnx [encdec.onnx ...]    # the HTTP service and page
+    python -m fairseq_bahdanau.deploy.serve translator.onnx < input.de > output.en          # the line filter
+    python -m fairseq_bahdanau.deploy.serve --port 8000 attention.onnx [encdec.onnx ...]    # the HTTP service and page
 
 The filter: one line in, one line out, in order; the output is what ``fairseq-interactive`` prints on its ``D-``
 lines for the same checkpoint, except that an empty or all-blank line gives an empty line (fairseq-interactive
 would invent a sentence), and a line the model cannot take (longer than its source positions) gives an empty line
 and a message on stderr naming it, and the lines after it are translated (the exit status is then 1). With
-``--port``: ``fairseq_bahdanau.service`` (needs ``pip install .[serve]``). In Python:
+``--port``: ``fairseq_bahdanau.deploy.service`` (needs ``pip install .[serve]``). In Python:
 
-    from fairseq_bahdanau.serve import load
+    from fairseq_bahdanau.deploy.serve import load
     translate = load("translator.onnx")
     translate(["Ein Mann fährt Fahrrad."])  # -> ["A man is riding a bike."]
     translate.details(["Ein Mann fährt Fahrrad."], beam=5, nbest=3)  # -> [Translation(...)]
@@ -23,7 +23,7 @@ import argparse
 import sys
 from typing import Iterable, Iterator, List, Optional
 
-from .runtime.text import Attention, Hypothesis, LoadedTranslator, Translation, load  # noqa: F401 (the API)
+from .text import Attention, Hypothesis, LoadedTranslator, Translation, load  # noqa: F401 (the API)
 
 def batches(lines: Iterable[str], size: int) -> Iterator[List[str]]:
     batch: List[str] = []
@@ -74,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("translators", nargs="+", metavar="translator",
-                        help="the file(s) fairseq_bahdanau.export wrote (the filter takes one)")
+                        help="the file(s) fairseq_bahdanau.model.export wrote (the filter takes one)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="lines translated together (default 1, as fairseq-interactive)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: ONNX Runtime's, the machine's cores)")

@@ -1,6 +1,6 @@
 """An exported translator in ONNX Runtime: pieces in, pieces out, with scores and attention.
 
-``OnnxTranslator(path)`` opens the folder (or archive) that ``fairseq_bahdanau.export`` wrote, one ONNX Runtime
+``OnnxTranslator(path)`` opens the folder (or archive) that ``fairseq_bahdanau.model.export`` wrote, one ONNX Runtime
 session per graph. ``translate(sentences, beam, nbest)`` maps each sentence's pieces to source token ids (unknown
 pieces to ``<unk>``, the end of sentence appended), encodes the batch right-padded (the graphs are exact for every
 sentence of a padded batch), runs fairseq's beam search (``search.generate``) over the decoder step, and maps the

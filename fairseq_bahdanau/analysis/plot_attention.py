@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m fairseq_bahdanau.plot_attention --path checkpoints/checkpoint_best.pt --data data-bin \\
+    python -m fairseq_bahdanau.analysis.plot_attention --path checkpoints/checkpoint_best.pt --data data-bin \\
         [--spm spm.model] [--source-lang de --target-lang en] [--beam 5] --output attention.png \\
         "ein mann fährt fahrrad ."
 
@@ -14,7 +14,7 @@ are what the heatmap shows.
 From Python::
 
     from fairseq_bahdanau import BahdanauGRUModel
-    from fairseq_bahdanau.plot_attention import attention_matrix, plot_attention
+    from fairseq_bahdanau.analysis.plot_attention import attention_matrix, plot_attention
 
     hub = BahdanauGRUModel.from_pretrained("checkpoints", checkpoint_file="checkpoint_best.pt",
                                            data_name_or_path="data-bin")
@@ -148,7 +148,7 @@ def load_hub(
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fairseq_bahdanau.plot_attention",
+        prog="python -m fairseq_bahdanau.analysis.plot_attention",
         description="Translate a sentence and plot the attention weights of the translation.",
     )
     parser.add_argument("sentence", help="the source sentence, or - to read it from stdin")
