@@ -1,4 +1,5 @@
-"""``python -m fairseq_bahdanau.analysis.length_analysis``: BLEU by source length, table and figure, for two small systems."""
+"""``python -m fairseq_bahdanau.analysis.length_analysis``: BLEU by source length, table and figure, for two small
+systems."""
 
 import random
 import re

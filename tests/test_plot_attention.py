@@ -25,8 +25,8 @@ def test_command_line_writes_a_png(trained, tmp_path):
     data, checkpoint, sources = trained
     output = tmp_path / "attention.png"
     # run from the checkout so that ``-m fairseq_bahdanau...`` finds the package
-    out = run("python", "-m", "fairseq_bahdanau.analysis.plot_attention", "--path", str(checkpoint), "--data", str(data),
-              "--beam", "5", "--output", str(output), sources[0], cwd=ROOT)
+    out = run("python", "-m", "fairseq_bahdanau.analysis.plot_attention", "--path", str(checkpoint),
+              "--data", str(data), "--beam", "5", "--output", str(output), sources[0], cwd=ROOT)
     # stdout holds the translation and nothing else (target words are upper case in the synthetic task)
     lines = out.stdout.splitlines()
     assert len(lines) == 1 and lines[0].split() and lines[0].isupper(), out.stdout

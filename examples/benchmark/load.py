@@ -6,10 +6,10 @@ that sends the heaviest legal requests, against the line filter translating one 
 
 Both sides get the same translator and the same sentences, one sentence per request, in a fixed order per client:
 
-* ``filter``: ``python -m fairseq_bahdanau.deploy.serve translator.onnx --threads T``, fed one line and read one line at a
-  time (what a single client of a filter gets: no batching), for ``--seconds``;
-* ``service, N clients``: ``python -m fairseq_bahdanau.deploy.serve --port P translator.onnx --workers W --threads T`` on
-  127.0.0.1 with its other limits at their defaults, and N client threads here, each sending its next sentence when
+* ``filter``: ``python -m fairseq_bahdanau.deploy.serve translator.onnx --threads T``, fed one line and read one
+  line at a time (what a single client of a filter gets: no batching), for ``--seconds``;
+* ``service, N clients``: ``python -m fairseq_bahdanau.deploy.serve --port P translator.onnx --workers W --threads T``
+  on 127.0.0.1 with its other limits at their defaults, and N client threads here, each sending its next sentence when
   the last one is answered, for ``--seconds``. A client answered 503 waits the ``Retry-After`` it is given and
   sends the same sentence again. The service batches what arrives together (``/health`` reports how many batches
   and lines it translated).

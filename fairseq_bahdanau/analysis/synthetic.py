@@ -10,9 +10,8 @@ after their noun:
 A model must attend to the last source word for the first target word and swap every adjective-noun pair, so
 the task cannot be solved without reordering, and a model that has not learnt it scores near zero BLEU.
 
-Command line: ``python -m fairseq_bahdanau.analysis.synthetic OUT_DIR [--train N --valid N --test N --seed S --max-phrases
-K]`` writes
-``{train,valid,test}.{src,tgt}``.
+Command line: ``python -m fairseq_bahdanau.analysis.synthetic OUT_DIR [--train N --valid N --test N --seed S
+--max-phrases K]`` writes ``{train,valid,test}.{src,tgt}``.
 """
 
 import argparse

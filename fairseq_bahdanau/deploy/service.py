@@ -259,7 +259,8 @@ class Batcher:
                 return self.stopping.is_set() or not any(part.job.wanted() for part in batch)
 
             try:
-                results = await loop.run_in_executor(self.executor, self._translate, batch[0].job.key, lines, stop)
+                results = await loop.run_in_executor(self.executor, translate_lines, self.translators,
+                                                     batch[0].job.key, lines, stop, self.limits.max_batch_lines)
             except Cancelled:
                 for part in batch:
                     if not part.job.future.done():
@@ -291,34 +292,33 @@ class Batcher:
                     self.waiting.appendleft(job)
                     self.arrived.set()
 
-    def _translate(self, key: Tuple[str, int, int], lines: List[str], stop) -> List[Translation]:
-        """The lines' translations, ``max_batch_lines`` at a time (a request may hold more), each chunk stopping
-        at its next decoder step once ``stop()`` says so."""
-        size = self.limits.max_batch_lines
-        out: List[Translation] = []
-        for start in range(0, len(lines), size):
-            out.extend(self._translate_chunk(key, lines[start: start + size], stop))
-        return out
 
-    def _translate_chunk(self, key: Tuple[str, int, int], lines: List[str], stop) -> List[Translation]:
-        model, beam, nbest = key
-        translator = self.translators[model]
+def translate_lines(translators: Dict[str, LoadedTranslator], key: Tuple[str, int, int], lines: List[str], stop,
+                    max_batch_lines: int) -> List[Translation]:
+    """The lines' translations with ``key``'s model, beam and nbest, ``max_batch_lines`` at a time (a request may
+    hold more), each chunk stopping at its next decoder step once ``stop()`` says so. A chunk that fails is
+    translated again one line at a time, so that one bad line does not cost the others theirs."""
+    model, beam, nbest = key
+    translator = translators[model]
+    out: List[Translation] = []
+    for start in range(0, len(lines), max_batch_lines):
+        chunk = lines[start: start + max_batch_lines]
         try:
-            return translator.details(lines, beam, nbest, stop=stop)
+            out.extend(translator.details(chunk, beam, nbest, stop=stop))
+            continue
         except Cancelled:
             raise
-        except Exception as error:  # noqa: BLE001 (one bad line must not cost the others theirs: one at a time)
-            logger.error("a batch of %d lines failed (%s); translating them one at a time", len(lines),
+        except Exception as error:  # noqa: BLE001 (one at a time, below)
+            logger.error("a batch of %d lines failed (%s); translating them one at a time", len(chunk),
                          type(error).__name__)
-            out = []
-            for line in lines:
-                try:
-                    out.extend(translator.details([line], beam, nbest, stop=stop))
-                except Cancelled:
-                    raise
-                except Exception as failure:  # noqa: BLE001
-                    out.append(Translation("", [], None, None, error=f"translation failed ({type(failure).__name__})"))
-            return out
+        for line in chunk:
+            try:
+                out.extend(translator.details([line], beam, nbest, stop=stop))
+            except Cancelled:
+                raise
+            except Exception as failure:  # noqa: BLE001
+                out.append(Translation("", [], None, None, error=f"translation failed ({type(failure).__name__})"))
+    return out
 
 
 class Metrics:
@@ -759,9 +759,9 @@ def read_key(path: str) -> str:
     return key
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fairseq_bahdanau.deploy.serve --port PORT",
-                                     description="The translation service: " + __doc__.split("\n\n")[2])
+def add_arguments(parser: argparse.ArgumentParser, workers: int) -> Limits:
+    """The options this service and its Ray Serve form share: the translators, the address, threads, the API key
+    and every limit (``workers``: the default of ``--workers``). Returns the default limits."""
     parser.add_argument("translators", nargs="+", metavar="translator")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
@@ -771,15 +771,28 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "rather than some a lot)")
     parser.add_argument("--api-key-file", help="a file whose first line is the key clients must send "
                                                "(Authorization: Bearer KEY); /health and the page stay open")
-    defaults = Limits(workers=min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                  else os.cpu_count() or 1))  # one per core: each translates with --threads 1
+    defaults = Limits(workers=workers)
     for name, value in defaults.__dict__.items():
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"default {value}")
-    args = parser.parse_args(argv)
-    limits = Limits(**{name: getattr(args, name) for name in defaults.__dict__})
+    return defaults
+
+
+def parse_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Limits:
+    """The limits ``args`` give, each checked (``parser.error`` names a bad one)."""
+    limits = Limits(**{name: getattr(args, name) for name in Limits().__dict__})
     for name, value in limits.__dict__.items():
         if value < (0 if name == "shutdown_timeout" else 1):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return limits
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fairseq_bahdanau.deploy.serve --port PORT",
+                                     description="The translation service: " + __doc__.split("\n\n")[2])
+    add_arguments(parser, workers=min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                      else os.cpu_count() or 1))  # one per core: each translates with --threads 1
+    args = parser.parse_args(argv)
+    limits = parse_limits(parser, args)
     try:
         import prometheus_client  # noqa: F401
         import uvicorn

@@ -716,8 +716,8 @@ def apply_patches() -> None:
                 statuses[patch.name] = f"not needed: {reason}"
         except Exception as e:  # noqa: BLE001 (one patch must not stop the model from loading)
             statuses[patch.name] = f"failed: {type(e).__name__}: {e}"
-            logger.warning("fairseq_bahdanau.model.compat: patch %s could not be applied to this fairseq (%s: %s); what it "
-                           "fixes stays unfixed", patch.name, type(e).__name__, e)
+            logger.warning("fairseq_bahdanau.model.compat: patch %s could not be applied to this fairseq (%s: %s); "
+                           "what it fixes stays unfixed", patch.name, type(e).__name__, e)
     if new:
         import fairseq
 

@@ -3,7 +3,6 @@
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor, nn
 
@@ -11,7 +10,7 @@ from . import precision
 from .dropout import Dropout, drop_words
 from .encoder_out import (ANNOTATIONS, DECODER_INIT, PADDING_MASK, ROW_COPIES, SUMMARY, EncoderOut, copies_after,
                           row_copies)
-from .gru import GRUNorms, flat_gru_weights, gru_kernel, gru_update, packed_gru_kernel
+from .gru import GRUNorms, flat_gru_weights, gather_time, gru_kernel, norm_gru, packed_gru_kernel
 
 
 def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
@@ -21,12 +20,7 @@ def roll_columns(x: Tensor, shift: Tensor) -> Tensor:
     (``shift = length``). x: T x B x C, shift: B (long).
     """
     steps = x.size(0)
-    return _gather_time(x, (torch.arange(steps, device=x.device).unsqueeze(1) + shift.unsqueeze(0)) % steps)
-
-
-def _gather_time(x: Tensor, index: Tensor) -> Tensor:
-    """``out[t, b] = x[index[t, b], b]``. x: S x B x C, index: S x B (long)."""
-    return x.gather(0, index.unsqueeze(2).expand_as(x))
+    return gather_time(x, (torch.arange(steps, device=x.device).unsqueeze(1) + shift.unsqueeze(0)) % steps)
 
 
 def build_embedding(dictionary, embed_dim: int) -> nn.Embedding:
@@ -109,7 +103,7 @@ class BiGRUEncoder(FairseqEncoder):
             if left_padded:
                 x = roll_columns(x, src_len - lengths)
             if self.norms is not None:
-                out, final = self._norm_gru(x, lengths)
+                out, final = norm_gru(x, lengths, self.gru_weights(), self.norms, self.dropout_module)
             elif x.device.type == "cpu":
                 out, final = self._padded_gru(x, lengths)
             else:
@@ -154,48 +148,14 @@ class BiGRUEncoder(FairseqEncoder):
             if layer > 0:
                 x = self.dropout_module(x)  # as nn.GRU between layers
             directions: List[Tensor] = []
-            for direction, inputs in enumerate([x, _gather_time(x, reverse)]):
+            for direction, inputs in enumerate([x, gather_time(x, reverse)]):
                 first = 4 * (2 * layer + direction)  # nn.GRU's order: layer by layer, forward then backward
                 weights = flat[first: first + 4]  # weight_ih, weight_hh, bias_ih, bias_hh
                 out, _ = self._kernel(inputs, h0, weights, num_layers=1, bidirectional=False)
                 finals.append(out.gather(0, last).squeeze(0))
                 directions.append(out)
-            x = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
+            x = torch.cat([directions[0], gather_time(directions[1], reverse)], dim=2)
         return x.masked_fill(~valid.unsqueeze(2), 0.0), torch.stack(finals)
-
-    def _norm_gru(self, x: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
-        """``_padded_gru`` with layer-normalised gates (``--layer-norm``; see ``gru.py``), which PyTorch's GRU
-        kernels do not have: each direction's normalised input gates for all steps in one matrix multiply and one
-        normalisation, the recurrence in a loop over time (a sentence's state stays as it is past its length).
-
-        x: S x B x E (right-padded), lengths: B -> annotations S x B x 2H, final states (layers * 2) x B x H.
-        """
-        assert self.norms is not None
-        steps, bsz = x.shape[:2]
-        time = torch.arange(steps, device=x.device).unsqueeze(1)  # S x 1
-        keep = (time < lengths).unsqueeze(2)  # S x B x 1
-        reverse = torch.where(keep.squeeze(2), lengths - 1 - time, time)  # S x B, its own inverse
-        finals: List[Tensor] = []
-        directions: List[Tensor] = []
-        layer_input = x
-        flat = self.gru_weights()
-        for i, norms in enumerate(self.norms):  # i = 2 * layer + direction
-            if i > 0 and i % 2 == 0:  # a new layer reads the one below (dropout between layers, as nn.GRU)
-                layer_input = self.dropout_module(torch.cat([directions[0], _gather_time(directions[1], reverse)], 2))
-                directions = []
-            inputs = layer_input if i % 2 == 0 else _gather_time(layer_input, reverse)
-            w_ih, w_hh, b_ih, b_hh = flat[4 * i: 4 * i + 4]
-            hidden = x.new_zeros(bsz, self.hidden_size)
-            outputs: List[Tensor] = []
-            # LN works row by row, so the input side is normalised for all steps at once; only LN(U h + b) is per step
-            for t, input_gates in enumerate(norms.input(F.linear(inputs, w_ih, b_ih)).unbind(0)):
-                hidden_gates = norms.hidden(F.linear(hidden, w_hh, b_hh))
-                hidden = torch.where(keep[t], gru_update(input_gates, hidden_gates, hidden), hidden)
-                outputs.append(hidden)
-            finals.append(hidden)
-            directions.append(torch.stack(outputs))
-        out = torch.cat([directions[0], _gather_time(directions[1], reverse)], dim=2)
-        return out.masked_fill(~keep, 0.0), torch.stack(finals)
 
     def _full_gru(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``self.gru`` on a batch without padding (S x B x E), the call ``nn.GRU`` makes (cuDNN on GPUs), with

@@ -151,7 +151,7 @@ def export_model(model: nn.Module, folder: str, prefix: str, quantize: bool) -> 
     with torch.no_grad():
         example = decoder._new_source(encoder_out_dict, incremental=False)
     if kind == "none":
-        inputs += [example.values.repeat_interleave(3, 0), example.gates.repeat_interleave(3, 0)]
+        inputs += [example.context.repeat_interleave(3, 0), example.gates.repeat_interleave(3, 0)]
         dynamic.update(context={0: "N"}, gates={0: "N"})
     else:
         inputs += [example.keys, example.values, example.mask_bias]

@@ -2,7 +2,7 @@
 
 ``export.py`` writes them with ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter) from
 the modules below, which call the model's own code (``gru.gru_update``, the layer normalisations, the decoder
-family's ``_new_source``, ``_step``, ``_features`` and ``output_layer``), so that the graphs compute what fairseq's
+family's ``_new_source``, ``_reads``, ``_step`` and ``output_layer``), so that the graphs compute what fairseq's
 generator computes. The loops run outside them, in numpy (``deploy/translator.py``, ``deploy/search.py``).
 
 The encoder is one of two forms. ``EncoderGraph`` (float32 models without ``--layer-norm``): ``src_tokens`` B x S
@@ -240,11 +240,7 @@ class EncoderOutputGraph(nn.Module):
         encoder_out = {ANNOTATIONS: [annotations], PADDING_MASK: [padding_mask], DECODER_INIT: [init],
                        SUMMARY: [top]}
         source = self.decoder._new_source(encoder_out, incremental=False)
-        if self.family == "none":
-            assert source.gates is not None
-            return init, source.values, source.gates
-        assert source.keys is not None and source.mask_bias is not None
-        return init, source.keys, source.values, source.mask_bias
+        return (init, *[getattr(source, name) for name in SOURCE_OUTPUTS[self.family]])
 
 
 class StepGraph(nn.Module):
@@ -256,28 +252,18 @@ class StepGraph(nn.Module):
         self.family = family(model)
 
     def forward(self, prev_tokens: Tensor, hidden: Tensor, *rest: Tensor) -> Tuple[Tensor, ...]:
-        from .decoder import Source, State
-
         decoder = self.decoder
-        feed: Optional[Tensor] = None
-        if self.family == "luong":
-            feed, rest = rest[0], rest[1:]
+        names = decoder.State._fields[1:]  # after hidden: Luong's feed
+        state = decoder.State(list(hidden.unbind(1)), *rest[:len(names)])
+        source_names = SOURCE_OUTPUTS[self.family]
+        source = decoder.Source(**dict(zip(source_names, rest[len(names):len(names) + len(source_names)])))
         temperature = rest[-1]
-        if self.family == "none":
-            source = Source(rest[0], gates=rest[1])  # one row per hypothesis (the runtime repeats them)
-        else:
-            keys, values, mask_bias = rest[0], rest[1], rest[2]
-            source = Source(values, keys, mask_bias)
         emb = decoder.embed_tokens(prev_tokens)  # N x E
-        state = State(list(hidden.unbind(1)), feed)
-        step = decoder._step(decoder.layers[0].embedding_gates(emb), decoder._weights(1), state, source)
-        context_t = None if step.context is None else step.context.unsqueeze(1)
-        features = decoder._features(step.output.unsqueeze(1), context_t, emb.unsqueeze(1)).squeeze(1)
-        lprobs = F.log_softmax(decoder.output_layer(features).float() / temperature, dim=-1)
+        step = decoder._step(emb, decoder.layers[0].embedding_gates(emb), state, decoder._reads(source, 1))
+        lprobs = F.log_softmax(decoder.output_layer(step.features).float() / temperature, dim=-1)
         top_values, top_indices = torch.topk(lprobs, min(TOP, lprobs.size(1)), dim=1)
         outputs: List[Tensor] = [lprobs, top_values, top_indices, torch.stack(step.state.hidden, dim=1)]
-        if step.state.feed is not None:
-            outputs.append(step.state.feed)
+        outputs += [getattr(step.state, name) for name in names]
         if step.attn is not None:
             outputs.append(step.attn)
         return tuple(outputs)

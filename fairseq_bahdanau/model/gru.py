@@ -16,7 +16,7 @@ with their own gain and bias: the reset and update gates' 2H together and the ca
     h'     = (1 - z) * n + z * h
 """
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,49 @@ class GRUNorms(nn.Module):
     def update(self, input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
         """``gru_update`` with both sides normalised."""
         return gru_update(self.input(input_gates), self.hidden(hidden_gates), hidden)
+
+
+def gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """``out[t, b] = x[index[t, b], b]``. x: S x B x C, index: S x B (long)."""
+    return x.gather(0, index.unsqueeze(2).expand_as(x))
+
+
+def norm_gru(x: Tensor, lengths: Tensor, flat: List[Tensor], norms: Sequence[GRUNorms],
+             dropout: Callable[[Tensor], Tensor]) -> Tuple[Tensor, Tensor]:
+    """A bidirectional GRU with layer-normalised gates (``--layer-norm``) over a right-padded batch, exact for
+    every sentence and zero at padding, which PyTorch's GRU kernels cannot do: each direction's normalised input
+    gates for all steps in one matrix multiply and one normalisation, the recurrence in a loop over time (a
+    sentence's state stays as it is past its length); the backward direction reads every sentence reversed within
+    its length.
+
+    x: S x B x E, lengths: B, flat: the GRU's weights (``flat_gru_weights``), norms: one ``GRUNorms`` per layer
+    and direction in ``nn.GRU``'s order, dropout: between layers -> annotations S x B x 2H, final states
+    (layers * 2) x B x H.
+    """
+    steps, bsz = x.shape[:2]
+    time = torch.arange(steps, device=x.device).unsqueeze(1)  # S x 1
+    keep = (time < lengths).unsqueeze(2)  # S x B x 1
+    reverse = torch.where(keep.squeeze(2), lengths - 1 - time, time)  # S x B, its own inverse
+    finals: List[Tensor] = []
+    directions: List[Tensor] = []
+    layer_input = x
+    for i, norm in enumerate(norms):  # i = 2 * layer + direction
+        if i > 0 and i % 2 == 0:  # a new layer reads the one below (dropout between layers, as nn.GRU)
+            layer_input = dropout(torch.cat([directions[0], gather_time(directions[1], reverse)], 2))
+            directions = []
+        inputs = layer_input if i % 2 == 0 else gather_time(layer_input, reverse)
+        w_ih, w_hh, b_ih, b_hh = flat[4 * i: 4 * i + 4]
+        hidden = x.new_zeros(bsz, w_hh.size(1))
+        outputs: List[Tensor] = []
+        # LN works row by row, so the input side is normalised for all steps at once; only LN(U h + b) is per step
+        for t, input_gates in enumerate(norm.input(F.linear(inputs, w_ih, b_ih)).unbind(0)):
+            hidden_gates = norm.hidden(F.linear(hidden, w_hh, b_hh))
+            hidden = torch.where(keep[t], gru_update(input_gates, hidden_gates, hidden), hidden)
+            outputs.append(hidden)
+        finals.append(hidden)
+        directions.append(torch.stack(outputs))
+    out = torch.cat([directions[0], gather_time(directions[1], reverse)], dim=2)
+    return out.masked_fill(~keep, 0.0), torch.stack(finals)
 
 
 class FedGRUCell(nn.GRUCell):
