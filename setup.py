@@ -29,6 +29,8 @@ setup(
         "runtime": ["onnxruntime>=1.20", "numpy", "sentencepiece"],
         # the HTTP service (python -m fairseq_bahdanau.deploy.serve --port P) on top of the runtime
         "serve": ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20"],
+        # the service as a Ray Serve application (python -m fairseq_bahdanau.deploy.ray_serve), with serve's extra
+        "ray": ["ray[serve]>=2.40"],
     },
     package_data={"fairseq_bahdanau.deploy": ["static/*"]},
 )

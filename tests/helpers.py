@@ -1,6 +1,7 @@
 """Shared test helpers: tiny dictionaries and models, padded batches, and fairseq command-line runs."""
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -156,3 +157,31 @@ def batch(model, lengths=(7, 3, 5, 1 + 1), tgt_len=6, left=True, seed=0):
     prev = torch.randint(tgt_dict.nspecial, len(tgt_dict), (len(lengths), tgt_len), generator=g)
     prev[:, 0] = tgt_dict.eos()
     return sentences, src, torch.tensor(lengths), prev
+
+
+#: Hostile and malformed ``POST /translate`` bodies, the status the service answers each with, and a part of its
+#: message (test_service.py asks the single-process service, test_ray.py its Ray Serve form and compares).
+BAD_REQUESTS = [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"text": ["\xff\xfe"]}', 400, "not UTF-8"),
+    (json.dumps({"text": ["a"] * 65}).encode(), 413, "at most 64"),
+    (json.dumps({"text": "x" * (2 << 20)}).encode(), 413, "bytes"),
+    (json.dumps({"text": ["a"], "model": "nope"}).encode(), 404, "unknown model 'nope'"),
+    (json.dumps({"text": ["a"], "beam": 0}).encode(), 422, '"beam"'),
+    (json.dumps({"text": ["a"], "beam": 17}).encode(), 422, '"beam"'),
+    (json.dumps({"text": ["a"], "beam": 2, "nbest": 3}).encode(), 422, '"nbest"'),
+    (json.dumps({"text": [1, 2]}).encode(), 422, "list of strings"),
+    (json.dumps([1]).encode(), 422, "JSON object"),
+    (json.dumps({"text": ["a"], "model": ["attention"]}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": {"a": 1}}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": ""}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": None}).encode(), 422, '"model" must be the name'),
+    (json.dumps({"text": ["a"], "model": False}).encode(), 422, '"model" must be the name'),
+    (b'{"text": ["a"], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "nested too deeply"),
+    (b'{"text": ["a"], "beam": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
+    (json.dumps({"text": ["w " * 300] * 64, "beam": 16}).encode(), 413, "units of work"),
+    (json.dumps({"text": ["a", "w " * 200], "beam": 16}).encode(), 413, "line 2 asks for"),  # --max-line-work
+]
+BAD_REQUEST_IDS = ["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object",
+                   "model-list", "model-dict", "model-empty", "model-null", "model-false", "nested", "digits", "work",
+                   "line-work"]

@@ -23,7 +23,7 @@ from typing import Any, List, Optional, Tuple
 
 import pytest
 
-from helpers import tool_env
+from helpers import BAD_REQUEST_IDS, BAD_REQUESTS, tool_env
 from fairseq_bahdanau.deploy.text import Attention, load, word_attention, word_spans
 
 
@@ -41,7 +41,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would stop the server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(self.port), *map(str, paths), *options],
+            [sys.executable, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(self.port), *map(str, paths),
+             *options],
             stdout=self.log, stderr=subprocess.STDOUT, text=True, env=tool_env())
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -211,28 +212,7 @@ def test_a_line_that_is_too_long_gets_its_own_error_and_the_others_are_translate
     assert "1024 source positions" in bad["error"] and first["translation"] and last["translation"]
 
 
-@pytest.mark.parametrize("raw, status, message", [
-    (b"{not json", 400, "not valid JSON"),
-    (b'{"text": ["\xff\xfe"]}', 400, "not UTF-8"),
-    (json.dumps({"text": ["a"] * 65}).encode(), 413, "at most 64"),
-    (json.dumps({"text": "x" * (2 << 20)}).encode(), 413, "bytes"),
-    (json.dumps({"text": ["a"], "model": "nope"}).encode(), 404, "unknown model 'nope'"),
-    (json.dumps({"text": ["a"], "beam": 0}).encode(), 422, '"beam"'),
-    (json.dumps({"text": ["a"], "beam": 17}).encode(), 422, '"beam"'),
-    (json.dumps({"text": ["a"], "beam": 2, "nbest": 3}).encode(), 422, '"nbest"'),
-    (json.dumps({"text": [1, 2]}).encode(), 422, "list of strings"),
-    (json.dumps([1]).encode(), 422, "JSON object"),
-    (json.dumps({"text": ["a"], "model": ["attention"]}).encode(), 422, '"model" must be the name'),
-    (json.dumps({"text": ["a"], "model": {"a": 1}}).encode(), 422, '"model" must be the name'),
-    (json.dumps({"text": ["a"], "model": ""}).encode(), 422, '"model" must be the name'),
-    (json.dumps({"text": ["a"], "model": None}).encode(), 422, '"model" must be the name'),
-    (json.dumps({"text": ["a"], "model": False}).encode(), 422, '"model" must be the name'),
-    (b'{"text": ["a"], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "nested too deeply"),
-    (b'{"text": ["a"], "beam": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
-    (json.dumps({"text": ["w " * 300] * 64, "beam": 16}).encode(), 413, "units of work"),
-    (json.dumps({"text": ["a", "w " * 200], "beam": 16}).encode(), 413, "line 2 asks for"),  # --max-line-work
-], ids=["json", "utf-8", "lines", "body", "model", "beam-0", "beam-17", "nbest", "text", "object", "model-list",
-        "model-dict", "model-empty", "model-null", "model-false", "nested", "digits", "work", "line-work"])
+@pytest.mark.parametrize("raw, status, message", BAD_REQUESTS, ids=BAD_REQUEST_IDS)
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, sentences, raw, status, message):
     got, reply, _ = server.post(None, raw=raw)
     assert got == status and message in reply["error"]

@@ -3,7 +3,8 @@
 On CPU, ``F.dropout`` draws its mask with ``bernoulli_``, which is slow there: for a 128 x 20 x 1024 activation
 on one core its forward and backward take about 40 ms, of which the draw is about 33 ms. Comparing uniform
 samples with ``p`` gives a mask with the same distribution in under half the time (about 17 ms for forward and
-backward), and dropout is applied to five activations per training step. Other devices keep ``F.dropout``, whose
+backward), and dropout is applied to five activations per training step (the decoder's output state one step at
+a time). Other devices keep ``F.dropout``, whose
 fused kernels are fast there.
 
 The encoder and decoder apply dropout through ``Dropout`` modules, fairseq's ``FairseqDropout`` with this mask,

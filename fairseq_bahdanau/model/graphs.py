@@ -250,6 +250,11 @@ class StepGraph(nn.Module):
         super().__init__()
         self.decoder = model.decoder
         self.family = family(model)
+        # the file format's names (step_io, SOURCE_OUTPUTS) are the family's fields: a field added to one and not
+        # the other stops the export here rather than mixing inputs up
+        inputs, _ = step_io(self.family)
+        fields = ["hidden", *self.decoder.State._fields[1:], *self.decoder.Source._fields]
+        assert inputs[1:-1] == fields, (inputs, fields)
 
     def forward(self, prev_tokens: Tensor, hidden: Tensor, *rest: Tensor) -> Tuple[Tensor, ...]:
         decoder = self.decoder

@@ -82,12 +82,34 @@ def collect(steps: List[Step]) -> Run:
                torch.stack(attn, dim=1) if len(attn) > 0 else None, steps[-1].state)
 
 
-class GRUDecoder(FairseqIncrementalDecoder):
-    """GRU decoder with a deep output layer and incremental decoding: the step loop, the incremental cache and its
-    reordering, shared by every family (see the module docstring for what a family defines)."""
+class Family:
+    """What a decoder family defines, and ``GRUDecoder`` calls (see the module docstring)."""
 
-    Source: Any = None  # the family's NamedTuple type
-    State: Any = State
+    Source: Any = None  # the family's NamedTuple of what it computes once per sentence
+    State: Any = State  # the family's NamedTuple of what it carries between steps, first field ``hidden``
+
+    def _new_source(self, encoder_out: EncoderOut, incremental: bool) -> Any:
+        """The ``Source`` of a new batch; ``incremental``: for incremental decoding, where beam search's copies of
+        a sentence (consecutive rows) may share one row."""
+        raise NotImplementedError
+
+    def _first_state(self, hidden: List[Tensor]) -> Any:
+        """The ``State`` before the first step, from the initial hidden states (one B x H per layer)."""
+        return self.State(hidden)
+
+    def _reads(self, source: Any, steps: int) -> Any:
+        """What every step of a run of ``steps`` reads, arranged once per run (``share``)."""
+        raise NotImplementedError
+
+    def _step(self, emb: Tensor, emb_gates: Tensor, state: Any, reads: Any) -> Step:
+        """One step: emb B x E (the input embedding), emb_gates B x 3H (its part of the first layer's input gates,
+        with their bias), the previous state -> the new state, the output layer's input and the attention."""
+        raise NotImplementedError
+
+
+class GRUDecoder(Family, FairseqIncrementalDecoder):
+    """GRU decoder with a deep output layer and incremental decoding: the step loop, the incremental cache and its
+    reordering, shared by every family (a subclass, which defines what ``Family`` lists)."""
 
     def __init__(self, dictionary, embed_dim: int, hidden_size: int, num_layers: int, encoder_output_dim: int,
                  attention_type: str, build_attention: Callable[[], Optional[nn.Module]], feed_dim: int,
@@ -119,7 +141,7 @@ class GRUDecoder(FairseqIncrementalDecoder):
             self.deep_output = nn.Linear(features_dim, width)
         width = projection_dim(out_embed_dim, features_dim)
         self.output_projection = nn.Linear(width, len(dictionary))
-        if share_input_output_embed:  # model.check_tying has checked the sizes, naming the flags
+        if share_input_output_embed:  # bahdanau_gru.check_tying has checked the sizes, naming the flags
             assert width == embed_dim, (width, embed_dim)
             self.output_projection.weight = self.embed_tokens.weight
 
@@ -245,10 +267,6 @@ class GRUDecoder(FairseqIncrementalDecoder):
         return collect(steps), torch.stack(logits, dim=1)
 
     # ------------------------------------------------------------------ what the families' steps call
-
-    def _first_state(self, hidden: List[Tensor]) -> Any:
-        """The state before the first step, from the initial hidden states (one B x H per layer)."""
-        return State(hidden)
 
     def _update(self, input_gates: Tensor, hidden_gates: Tensor, hidden: List[Tensor]) -> List[Tensor]:
         """``s_t = GRU(x_t, s_{t-1})`` through every layer (dropout between layers), from the first layer's gates."""

@@ -18,7 +18,7 @@ from .base import GRUDecoder, Shared, State, Step, recurrent_gates, share
 
 class FixedSource(NamedTuple):
     """What the fixed context computes once per sentence, one row per hypothesis in beam search (the rows are
-    3H + C wide, so reordering them costs less than grouping them would); the field order is the ONNX graphs'."""
+    3H + C wide, so reordering them costs less than grouping them would). The graphs name the fields."""
 
     context: Tensor  # B x C: c
     gates: Tensor  # B x 3H: W_c c, the context's share of the first layer's input gates
@@ -58,7 +58,7 @@ class FixedContextGRUDecoder(GRUDecoder):
 
     def _reads(self, source: FixedSource, steps: int) -> Reads:
         first = self.layers[0]
-        return Reads(share(first.weight_hh, steps), precision.cast(first.bias_hh), *source)
+        return Reads(share(first.weight_hh, steps), precision.cast(first.bias_hh), source.context, source.gates)
 
     def _step(self, emb: Tensor, emb_gates: Tensor, state: State, reads: Reads) -> Step:
         """Step i: ``s_{i-1}`` -> ``[s_i; c; E y_{i-1}]``. emb: B x E (``E y_{i-1}``); emb_gates: B x 3H, its part

@@ -12,7 +12,8 @@ from ..encoder_out import ANNOTATIONS, PADDING_MASK, EncoderOut, row_copies
 
 class AttentionSource(NamedTuple):
     """What an attention family computes once per sentence. In incremental decoding with beam search, one row per
-    sentence, read by its group of hypotheses (see ``attention.py``); the field order is the ONNX graphs'."""
+    sentence, read by its group of hypotheses (see ``attention.py``). The graphs (``graphs.SOURCE_OUTPUTS``) name
+    the fields; the first one's rows are the source cache's rows (``GRUDecoder.reorder_incremental_state``)."""
 
     keys: Tensor  # B x S x A: the attention's precomputed part
     values: Tensor  # B x S x V: what the attention weights sum (the annotations, possibly extended)
