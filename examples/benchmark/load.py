@@ -125,15 +125,20 @@ def heaviest_request(url: str, sentences: List[str]) -> dict:
 
 
 def run_service(translator: str, sentences: List[str], clients: int, seconds: float, threads: int, workers: int,
-                heavy: bool) -> Dict[str, object]:
+                heavy: bool, replicas: int = 0, ray_python: str = "") -> Dict[str, object]:
+    """One row: the single-process service, or with ``replicas`` its Ray Serve form (a local Ray instance of this
+    machine's cores, started by ``ray_python -m fairseq_bahdanau.deploy.ray_serve``)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-m", "fairseq_bahdanau.deploy.serve", "--port", str(port), translator,
-                                "--threads", str(threads), "--workers", str(workers)], stdout=log,
-                               stderr=subprocess.STDOUT, env=environment(threads))
+    if replicas:
+        command = [ray_python, "-m", "fairseq_bahdanau.deploy.ray_serve", "--replicas", str(replicas)]
+    else:
+        command = [sys.executable, "-m", "fairseq_bahdanau.deploy.serve"]
+    command += ["--port", str(port), translator, "--threads", str(threads), "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment(threads))
     try:
-        for _ in range(300):
+        for _ in range(900 if replicas else 300):
             try:
                 health(url)
                 break
@@ -194,9 +199,10 @@ def run_service(translator: str, sentences: List[str], clients: int, seconds: fl
     finally:
         process.terminate()
         process.wait()
-    batches = after["batches"] - before["batches"]
+    batches = after["batches"] - before["batches"]  # (with replicas: the replica that answered /health)
     lines = after["lines"] - before["lines"]
-    return {"mode": "service", "clients": clients, "heavy": heavy, "seconds": elapsed, "latencies": latencies,
+    return {"mode": f"ray serve, {replicas} replica{'s' if replicas > 1 else ''}" if replicas else "service",
+            "clients": clients, "heavy": heavy, "seconds": elapsed, "latencies": latencies,
             "answers": answers, "mean_batch": lines / max(1, batches), "heavy_latencies": heavy_latencies,
             "heavy_lines": len(heavy_body["text"]) if heavy else 0, **counts}
 
@@ -212,6 +218,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the service's --workers")
     parser.add_argument("--busy", type=int, default=0, help="processes spinning on the CPU meanwhile")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--ray-replicas", default="", help="also the Ray Serve form with these replica counts, e.g. "
+                                                          "1,2 (each replica --workers workers)")
+    parser.add_argument("--ray-python", default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), ".venv-ray", "bin", "python"), help="a Python with Ray Serve (make test-ray)")
+    parser.add_argument("--no-service", action="store_true", help="leave the single-process service out")
     args = parser.parse_args()
     with open(args.sentences, encoding="utf-8") as f:
         sentences = [line.rstrip("\n") for line in f if line.strip()]
@@ -220,10 +231,12 @@ def main() -> None:
         spinner.start()
     try:
         results = [run_filter(args.translator, sentences, args.seconds, args.threads)]
-        for clients in (int(c) for c in args.clients.split(",")):
-            for heavy in ((False, True) if args.heavy else (False,)):
-                results.append(run_service(args.translator, sentences, clients, args.seconds, args.threads,
-                                           args.workers, heavy))
+        ways = ([] if args.no_service else [0]) + [int(r) for r in args.ray_replicas.split(",") if r]
+        for replicas in ways:
+            for clients in (int(c) for c in args.clients.split(",")):
+                for heavy in ((False, True) if args.heavy else (False,)):
+                    results.append(run_service(args.translator, sentences, clients, args.seconds, args.threads,
+                                               args.workers, heavy, replicas, args.ray_python))
     finally:
         for spinner in spinners:
             spinner.terminate()
