@@ -35,15 +35,15 @@ test: setup
 	$(PY) -m pytest -q tests
 
 # The service on Ray Serve (tests/test_ray.py: a two-node local Ray cluster), with Ray in an environment of its own
-# (.venv-ray: the deployment side and Ray Serve, no torch or fairseq; about 0.6 GB), so that make test's stays
-# as it is. The translators it serves are made by the main environment's fairseq.
+# (.venv-ray: the deployment side's dependencies and Ray Serve, no torch or fairseq, about 0.6 GB; the package
+# itself from the checkout), so that make test's stays as it is. The main environment's fairseq makes the
+# translators it serves.
 RAY_VENV ?= .venv-ray
 test-ray: setup $(RAY_VENV)/.installed
 	REQUIRE_RAY=1 RAY_PYTHON=$(CURDIR)/$(RAY_VENV)/bin/python $(PY) -m pytest -q tests/test_ray.py
 
 $(RAY_VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(RAY_VENV)
-	$(RAY_VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt --no-deps -e .
 	$(RAY_VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt "ray[serve]>=2.40" \
 	    "onnxruntime>=1.20" numpy sentencepiece "starlette>=0.37" "uvicorn>=0.29" "prometheus-client>=0.20"
 	touch $@
