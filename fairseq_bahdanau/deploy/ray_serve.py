@@ -17,9 +17,10 @@ the cluster must be started with that variable at 0, as above (this command sets
 itself).
 
 The translator files must be readable at the same path on every node (a shared or copied folder). What the
-single-process server does at the connection level is Ray's proxy's here: ``--header-timeout`` and
-``--max-connections`` are not applied per replica (a replica still answers 503 past ``--max-queue``), and SIGTERM
-(or Ctrl-C) shuts the application down, answering what is in flight for up to ``--shutdown-timeout`` seconds.
+single-process server does at the connection level is Ray's proxy's here: ``--header-timeout`` is not applied
+(the proxy's own timeouts are); ``--max-connections`` bounds the requests each replica answers at once, and
+``--max-queue`` those waiting in it (503 past either). SIGTERM (or Ctrl-C) shuts the application down, answering
+what is in flight for up to ``--shutdown-timeout`` seconds.
 """
 
 import argparse
