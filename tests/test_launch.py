@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from helpers import BIN, USER_DIR, corpus, run, tool_env
+from helpers import BIN, USER_DIR, corpus, run, tool_env, tool_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EPOCHS = 2
@@ -96,7 +96,7 @@ def test_torchrun_one_node_trains_like_one_process_with_update_freq(data, single
     independent world-size-1 trainings into one directory), torch DDP (fairseq's default --ddp-backend)."""
     expected, updates, first_epoch = single_process
     save = data / "one_node"
-    out = finish(torchrun("--standalone", "--nproc_per_node", "2", os.path.join(BIN, "fairseq-train"),
+    out = finish(torchrun("--standalone", "--nproc_per_node", "2", tool_path("fairseq-train"),
                           str(data / "bin"), *TRAIN, "--max-epoch", str(EPOCHS), "--save-dir", str(save),
                           log=data / "one_node.log"))
     assert "training on 2 devices" in out
@@ -139,7 +139,7 @@ def test_torchrun_killed_mid_run_resumes_and_translates(data, single_process, tm
     _, updates, _ = single_process
     epochs = 12
     save = tmp_path / "ck"
-    command = ["--standalone", "--nproc_per_node", "2", os.path.join(BIN, "fairseq-train"), str(data / "bin"),
+    command = ["--standalone", "--nproc_per_node", "2", tool_path("fairseq-train"), str(data / "bin"),
                *TRAIN, "--max-epoch", str(epochs), "--save-interval-updates", "3", "--save-dir", str(save)]
     job = torchrun(*command, log=tmp_path / "killed.log")
     last = save / "checkpoint_last.pt"

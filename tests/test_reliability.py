@@ -13,7 +13,7 @@ import torch
 
 from fairseq_bahdanau.model.compat import CheckpointError
 from fairseq_bahdanau.analysis.synthetic import Lexicon, write_corpus
-from helpers import BIN, TRAIN, USER_DIR, preprocess, run, tool_env
+from helpers import TRAIN, USER_DIR, preprocess, run, tool_env, tool_path
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_500_token_source_translates_within_bounded_memory(model):
         "sys.exit(p.returncode)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", probe, os.path.join(BIN, "fairseq-interactive"), str(data), "--user-dir", USER_DIR,
+        [sys.executable, "-c", probe, tool_path("fairseq-interactive"), str(data), "--user-dir", USER_DIR,
          "--path", str(checkpoint), "--cpu", "--source-lang", "src", "--target-lang", "tgt", "--beam", "5",
          "--min-len", "100"],  # a long decode over the 500 positions, whatever the model would stop at
         input=sentence + "\n", capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
@@ -223,7 +223,7 @@ def loadable(path):
 
 def test_training_killed_mid_epoch_resumes_and_loses_nothing(model, tmp_path):
     data, _, _ = model
-    command = [os.path.join(BIN, "fairseq-train"), str(data), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
+    command = [tool_path("fairseq-train"), str(data), "--user-dir", USER_DIR, "--arch", "bahdanau_gru_tiny",
                "--max-epoch", "3", "--save-interval-updates", "8", "--keep-interval-updates", "2", *TRAIN]
     env = tool_env()
     clean = subprocess.run(command + ["--save-dir", str(tmp_path / "clean")], capture_output=True, text=True, env=env)

@@ -18,7 +18,7 @@ import uuid
 import pytest
 import torch
 
-from helpers import BIN, tool_env
+from helpers import BIN, tool_env, tool_path
 from test_launch import EPOCHS, TRAIN, assert_same_parameters, free_port, single_process  # noqa: F401
 from test_launch import data  # noqa: F401 (the fixtures, shared)
 
@@ -70,7 +70,7 @@ def launch(host, rank: int, master: str, port: int, command, log):
     with open(log, "w") as out:
         proc = subprocess.Popen(["ip", "netns", "exec", name, os.path.join(BIN, "torchrun"), "--nnodes", "2",
                                  "--node-rank", str(rank), "--nproc_per_node", "1", "--master-addr", master,
-                                 "--master-port", str(port), os.path.join(BIN, "fairseq-train"), *command],
+                                 "--master-port", str(port), tool_path("fairseq-train"), *command],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     proc.log = log
     return proc

@@ -10,9 +10,10 @@
 # cluster without a package registry), what is missing is installed from WHEELHOUSE (default
 # wheelhouse-X.Y for PYTHON's version X.Y, made by `make wheelhouse PY_VERSION=X.Y` on a machine with a registry)
 # into $OUT/site, with pip --no-index: nothing is downloaded and PYTHON's own packages are left as they are.
-# `import fairseq` imports scikit-learn (for audio classification's metrics, which nothing here calls); where
-# PYTHON lacks it, a stand-in module that fails only if those metrics are called goes on PYTHONPATH (the real
-# package, with scipy, would take 45 MB of the wheelhouse's 64).
+# `import fairseq` imports scikit-learn (for audio classification's metrics) and scipy.stats (for the
+# sentence-prediction criterion), neither of which anything here calls; where PYTHON lacks them, stand-in modules
+# that fail only if those functions are called go on PYTHONPATH (the real packages would take 45 MB of the
+# wheelhouse's 64).
 # Data: Multi30k when MULTI30K_DIR names a raw copy, otherwise the generated corpus (as `make benchmark`).
 # Results go to OUT (default runs/gpu-check/).
 set -euo pipefail
@@ -37,6 +38,21 @@ if ! "$PYTHON" -c "import fairseq, pytest" 2>/dev/null; then
   SITE="$OUT/site"
   bash "$ROOT/examples/gpu/install_wheelhouse.sh" "$PYTHON" "$WHEELHOUSE" "$SITE"
   export PYTHONPATH="$ROOT:$SITE${PYTHONPATH#$ROOT}" PATH="$SITE/bin:$PATH"
+fi
+if ! "$PYTHON" -c "import scipy.stats" 2>/dev/null; then  # fairseq's sentence_prediction imports it at load
+  STUB_SCIPY="$OUT/scipy-stand-in"
+  mkdir -p "$STUB_SCIPY/scipy"
+  echo '"""A stand-in: scipy is not installed here (examples/gpu/check.sh)."""' > "$STUB_SCIPY/scipy/__init__.py"
+  cat > "$STUB_SCIPY/scipy/stats.py" <<'STANDIN'
+def __getattr__(name):  # pearsonr, spearmanr (fairseq's sentence_prediction criterion): fail when called
+    if name.startswith("__"):
+        raise AttributeError(name)
+    def missing(*args, **kwargs):
+        raise ImportError(f"scipy is not installed here: scipy.stats.{name} (examples/gpu/check.sh)")
+    return missing
+STANDIN
+  export PYTHONPATH="$PYTHONPATH:$STUB_SCIPY"
+  echo "gpu-check: no scipy here: a stand-in for fairseq's import of scipy.stats ($STUB_SCIPY)"
 fi
 if ! "$PYTHON" -c "import sklearn.metrics" 2>/dev/null; then
   STUB="$OUT/sklearn-stand-in"

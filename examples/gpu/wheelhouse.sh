@@ -2,7 +2,7 @@
 # `make wheelhouse [PY_VERSION=3.12]`: the wheels that a Linux x86_64 CUDA machine with torch (and numpy,
 # sacrebleu, sentencepiece) but without fairseq and without a package registry needs to run `make gpu-check`:
 # fairseq-fixed, the pure-Python and small compiled packages it needs beyond torch, numpy, torchaudio and
-# scikit-learn (check.sh stands in for scikit-learn where it is missing: with scipy it is 45 MB), pytest, and this
+# scikit-learn and scipy (check.sh stands in for both where they are missing: together 45 MB), pytest, and this
 # package. Carry the folder to the machine; examples/gpu/check.sh installs from it
 # (with --no-index) whatever is missing there.
 #
@@ -22,7 +22,7 @@ TARGET=(--only-binary=:all: --python-version "$PYV" --implementation cp --platfo
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
 # fairseq-fixed's own needs (its Requires-Dist) and theirs, less what a CUDA machine with torch already has
 NEEDS=(hydra-core==1.3.2 omegaconf==2.3.0 PyYAML bitarray cffi pycparser cython regex tqdm packaging
-       pytest iniconfig pluggy exceptiongroup tomli)
+       pytest iniconfig pluggy exceptiongroup tomli pygments)  # pygments: pytest 9 imports it
 if "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$OUT" fairseq-fixed==0.12.3.1 2>/dev/null; then
   echo "fairseq-fixed: PyPI's binary wheel for Python $PYV"
 else
