@@ -11,7 +11,8 @@ setup(
               "fairseq_bahdanau.deploy", "fairseq_bahdanau.analysis"],
     python_requires=">=3.10",
     install_requires=[
-        # the Makefile's constraints.txt pins torch 2.13.0, CPU or CUDA build; any torch fairseq accepts works.
+        # the Makefile's constraints.txt pins torch 2.13.0, CPU or CUDA build (the whole suite, Python 3.10-3.13);
+        # torch 2.11 (the GPU machines') is tested too: the model side's tests on Python 3.12 (examples/gpu)
         "torch>=1.13",
         # fairseq's main branch with its Python 3.11+ fixes (import name fairseq), on every Python: PyPI's
         # fairseq 0.12.2 does not import on 3.11+ and its source does not build on 3.10.
