@@ -39,36 +39,24 @@ if ! "$PYTHON" -c "import fairseq, pytest" 2>/dev/null; then
   bash "$ROOT/examples/gpu/install_wheelhouse.sh" "$PYTHON" "$WHEELHOUSE" "$SITE"
   export PYTHONPATH="$ROOT:$SITE${PYTHONPATH#$ROOT}" PATH="$SITE/bin:$PATH"
 fi
-if ! "$PYTHON" -c "import scipy.stats" 2>/dev/null; then  # fairseq's sentence_prediction imports it at load
-  STUB_SCIPY="$OUT/scipy-stand-in"
-  mkdir -p "$STUB_SCIPY/scipy"
-  echo '"""A stand-in: scipy is not installed here (examples/gpu/check.sh)."""' > "$STUB_SCIPY/scipy/__init__.py"
-  cat > "$STUB_SCIPY/scipy/stats.py" <<'STANDIN'
-def __getattr__(name):  # pearsonr, spearmanr (fairseq's sentence_prediction criterion): fail when called
+stand_in() {  # stand_in PACKAGE MODULE: PACKAGE.MODULE whose every name fails when called, on PYTHONPATH
+  local dir="$OUT/$1-stand-in"
+  mkdir -p "$dir/$1"
+  echo "\"\"\"A stand-in: $1 is not installed here (examples/gpu/check.sh).\"\"\"" > "$dir/$1/__init__.py"
+  cat > "$dir/$1/$2.py" <<STANDIN
+def __getattr__(name):  # what fairseq imports at load (and nothing here calls): fails when called
     if name.startswith("__"):
         raise AttributeError(name)
     def missing(*args, **kwargs):
-        raise ImportError(f"scipy is not installed here: scipy.stats.{name} (examples/gpu/check.sh)")
+        raise ImportError(f"$1 is not installed here: $1.$2.{name} (examples/gpu/check.sh)")
     return missing
 STANDIN
-  export PYTHONPATH="$PYTHONPATH:$STUB_SCIPY"
-  echo "gpu-check: no scipy here: a stand-in for fairseq's import of scipy.stats ($STUB_SCIPY)"
-fi
-if ! "$PYTHON" -c "import sklearn.metrics" 2>/dev/null; then
-  STUB="$OUT/sklearn-stand-in"
-  mkdir -p "$STUB/sklearn"
-  echo '"""A stand-in: scikit-learn is not installed here (examples/gpu/check.sh)."""' > "$STUB/sklearn/__init__.py"
-  cat > "$STUB/sklearn/metrics.py" <<'STANDIN'
-def __getattr__(name):  # any metric fairseq imports (f1_score, roc_curve, ...): fails when called
-    if name.startswith("__"):
-        raise AttributeError(name)
-    def missing(*args, **kwargs):
-        raise ImportError(f"scikit-learn is not installed here: sklearn.metrics.{name} (examples/gpu/check.sh)")
-    return missing
-STANDIN
-  export PYTHONPATH="$PYTHONPATH:$STUB"
-  echo "gpu-check: no scikit-learn here: a stand-in for fairseq's import of sklearn.metrics ($STUB)"
-fi
+  export PYTHONPATH="$PYTHONPATH:$dir"
+  echo "gpu-check: no $1 here: a stand-in for fairseq's import of $1.$2 ($dir)"
+}
+# scipy.stats: pearsonr, spearmanr (sentence_prediction); sklearn.metrics: f1_score, roc_curve, ... (audio)
+"$PYTHON" -c "import scipy.stats" 2>/dev/null || stand_in scipy stats
+"$PYTHON" -c "import sklearn.metrics" 2>/dev/null || stand_in sklearn metrics
 "$PYTHON" -c "import fairseq, torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, fairseq {fairseq.__version__},', torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))" \
   | tee "$OUT/versions.txt"
 status=0
