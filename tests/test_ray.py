@@ -225,3 +225,78 @@ def test_a_killed_replica_fails_visibly_never_wrongly_and_comes_back(ray_service
         time.sleep(2)
     assert len(now) == 2 and victim not in now, (before, now)  # Ray brought a new replica up
     assert post(ray_service.url, {"text": sentences[:2]})[0] == 200
+
+
+def health_of_each(url: str) -> Dict[str, dict]:
+    """pid -> ``/health`` of the replicas that answer (asked a few times: each answer is one replica's)."""
+    seen: Dict[str, dict] = {}
+    for _ in range(12):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=30) as reply:
+                seen[reply.headers["X-Served-By"].split("@")[0]] = json.loads(reply.read())
+        except (OSError, urllib.error.URLError, KeyError, ValueError):
+            pass
+    return seen
+
+
+def test_requests_whose_clients_hang_up_leave_the_replicas(ray_service, sentences):
+    """Ray Serve cancels the handler of a client that hangs up: its request leaves the replica's queue then,
+    untranslated (it used to wait there for --request-timeout, and a burst of such requests filled the queues)."""
+    line = " ".join(sentences)
+    while post(ray_service.url, {"text": [line], "beam": 16})[0] == 413:  # the longest line beam 16 may take
+        line = line.rsplit(" ", 1)[0]
+    body = json.dumps({"text": [line] * 4, "beam": 16, "nbest": 16}).encode()
+    request = (b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    before = health_of_each(ray_service.url)
+    for _ in range(20):  # each client sends its request and hangs up
+        with socket.create_connection(("127.0.0.1", ray_service.port)) as client:
+            client.sendall(request)
+            time.sleep(0.05)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        now = health_of_each(ray_service.url)
+        if len(now) == 2 and all(h["waiting"] == 0 for h in now.values()):
+            break
+        time.sleep(0.5)
+    translated = sum(now[pid]["lines"] - before.get(pid, {"lines": 0})["lines"] for pid in now)
+    assert all(h["waiting"] == 0 for h in now.values()), now
+    assert translated < 20 * 4 / 2, translated  # most of the 80 lines were never translated
+    print(f"20 requests of 4 lines abandoned: {translated} lines translated")
+
+
+def test_sigterm_answers_the_requests_in_flight_then_stops(ray_service, sentences, expected):
+    """Last in this module (it stops the service): SIGTERM under load. Every request in flight at that moment is
+    answered, correctly (the replicas drain before Ray Serve stops: serve.shutdown() alone killed the proxy
+    first); later ones fail visibly; the command exits within --shutdown-timeout and a margin."""
+    timed: List[Tuple[float, float, List[str], int, Optional[dict]]] = []
+    stop = time.time() + 60
+
+    def client(seed: int) -> None:
+        k = seed
+        while time.time() < stop:
+            lines = [sentences[(k + j * 7) % len(sentences)] for j in range(1 + k % 3)]
+            k += 5
+            start = time.time()
+            status, reply, _ = post(ray_service.url, {"text": lines}, timeout=60)
+            timed.append((start, time.time(), lines, status, reply))
+            if status != 200:
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)
+    sent = time.time()
+    ray_service.process.send_signal(signal.SIGTERM)
+    ray_service.process.wait(timeout=10 + 30)  # --shutdown-timeout (default 10 s) and Ray's own stopping
+    stop = 0
+    for thread in threads:
+        thread.join()
+    in_flight = [(lines, status, reply) for start, end, lines, status, reply in timed if start < sent < end]
+    assert in_flight
+    assert all(status == 200 and [r["translation"] for r in reply["results"]] == [expected[x] for x in lines]
+               for lines, status, reply in in_flight), [status for _, status, _ in in_flight]
+    later = [status for start, _, _, status, _ in timed if start >= sent]
+    assert all(status in (200, 404, 503, 0) for status in later), later  # answered, or Ray's 404, or refused
+    print(f"SIGTERM: {len(in_flight)} requests in flight, all answered; after it:", dict(collections.Counter(later)))

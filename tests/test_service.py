@@ -524,6 +524,66 @@ def test_a_batch_holds_at_most_max_work_and_a_stalled_body_gets_408(translators,
         server.stop()
 
 
+def test_a_cancelled_handler_takes_its_request_out_of_the_queue():
+    """Ray Serve cancels the handler of a client that hung up (the single-process server's watcher sees the
+    hang-up instead): its request must leave the queue then, not wait there for a worker until --request-timeout
+    while the clients behind it get 503."""
+    import asyncio
+    import json
+    import types
+
+    from starlette.requests import Request
+
+    from fairseq_bahdanau.deploy.serve import Translation
+    from fairseq_bahdanau.deploy.service import Batcher, Limits, Service, translate
+
+    release, calls = threading.Event(), []
+
+    class Fake:
+        default_beam, max_source_positions = 1, 100
+
+        def pieces_or_none(self, line):
+            return line.split()
+
+        def details(self, lines, beam, nbest, stop=None):
+            release.wait(10)
+            calls.append(list(lines))
+            return [Translation(line.upper(), [], None, None) for line in lines]
+
+    async def scenario():
+        service = Service({"m": Fake()}, Limits())
+        service.batcher = Batcher(service.translators, service.limits)
+        service.batcher.start()
+        first = service.batcher.submit(("m", 1, 1), ["a"])
+        await asyncio.sleep(0.05)  # the worker has taken it and waits in Fake.details
+        messages = [{"type": "http.request", "body": json.dumps({"text": ["b c"]}).encode(), "more_body": False}]
+
+        async def receive():  # the body, then nothing: no disconnect message, as under Ray Serve
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()
+
+        scope = {"type": "http", "method": "POST", "path": "/translate", "query_string": b"",
+                 "headers": [(b"content-type", b"application/json")],
+                 "app": types.SimpleNamespace(state=types.SimpleNamespace(service=service))}
+        handler = asyncio.ensure_future(translate(Request(scope, receive)))
+        while not service.batcher.waiting:
+            await asyncio.sleep(0.01)
+        job = service.batcher.waiting[0]
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        dropped = job.future.cancelled()
+        release.set()
+        await first
+        await asyncio.sleep(0.2)  # a worker would take the request now if it were still wanted
+        await service.batcher.stop()
+        return dropped
+
+    assert asyncio.run(scenario())
+    assert calls == [["a"]]
+
+
 def test_health_answers_503_when_a_worker_is_dead():
     import asyncio
     import types

@@ -15,7 +15,8 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
   memory during one training step (``torch.profiler`` with ``profile_memory``: allocations and frees of every
   operator, in time order, above what was live before the step: the model's own training memory, free of the
   process's baseline), and the process's peak resident memory (``ru_maxrss``) with its growth during training;
-* generation: sentences/s with beam 5 and greedy (beam 1), batch 128, on the test split.
+* generation: sentences/s with beam 5 and greedy (beam 1), batch 128, on the test split, in every round too
+  (medians and paired ratios as for training: a single pass of ``lstm``'s beam search was seen to vary by 38%).
 
 ``--device cuda`` measures the same on a GPU (tensor memory: the allocator's peak), in float32 or, with
 ``--precision amp`` / ``fp16``, as fairseq's ``--amp`` (float16 autocast) / ``--fp16`` (the whole model in float16)
@@ -123,7 +124,6 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     """Measure one model in this process."""
     import torch
     from fairseq import options, tasks
-    from fairseq.sequence_generator import SequenceGenerator
     from torch.utils.flop_counter import FlopCounterMode
 
     import naive as naive_baseline  # this directory's naive.py (the script's directory is on sys.path)
@@ -191,7 +191,10 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
             tokens += sample["ntokens"]
     peak_rss, growth = rss_mb(), rss_mb() - loaded
     if args.throughput_only:
-        return {"train_tok_s": tokens / elapsed}
+        result = {"train_tok_s": tokens / elapsed}
+        if not naive and not args.no_generate:
+            result.update(generation_speed(model, task, args, device))
+        return result
 
     def train_step() -> None:
         loss_of(samples[-1]).backward()
@@ -208,32 +211,43 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     }
 
     if not naive and not args.no_generate:
-        model.eval()
-        task.load_dataset(args.gen_subset)
-        for beam, key in ((5, "beam5_sent_s"), (1, "greedy_sent_s")):
-            generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=1.2, max_len_b=10)
-            itr = task.get_batch_iterator(
-                task.dataset(args.gen_subset), max_sentences=args.batch_size, max_positions=model.max_positions(),
-                required_batch_size_multiple=1,
-            ).next_epoch_itr(shuffle=False)
-            sentences, start = 0, time.perf_counter()
-            with torch.no_grad():
-                for sample in itr:
-                    if device == "cuda":
-                        sample = utils.move_to_cuda(sample)
-                    generator.generate([model], sample)
-                    sentences += sample["nsentences"]
-            synchronize(device)
-            result[key] = sentences / (time.perf_counter() - start)
+        result.update(generation_speed(model, task, args, device))
     return result
+
+
+def generation_speed(model, task, args: argparse.Namespace, device: str) -> Dict[str, float]:
+    """Sentences/s of fairseq's ``SequenceGenerator`` on ``--gen-subset``, beam 5 and greedy, batch ``--batch-size``."""
+    import torch
+    from fairseq import utils
+    from fairseq.sequence_generator import SequenceGenerator
+
+    model.eval()
+    task.load_dataset(args.gen_subset)
+    speeds = {}
+    for beam, key in ((5, "beam5_sent_s"), (1, "greedy_sent_s")):
+        generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=1.2, max_len_b=10)
+        itr = task.get_batch_iterator(
+            task.dataset(args.gen_subset), max_sentences=args.batch_size, max_positions=model.max_positions(),
+            required_batch_size_multiple=1,
+        ).next_epoch_itr(shuffle=False)
+        sentences, start = 0, time.perf_counter()
+        with torch.no_grad():
+            for sample in itr:
+                if device == "cuda":
+                    sample = utils.move_to_cuda(sample)
+                generator.generate([model], sample)
+                sentences += sample["nsentences"]
+        synchronize(device)
+        speeds[key] = sentences / (time.perf_counter() - start)
+    return speeds
 
 
 def table(results: Dict[str, Dict[str, float]], gflops: float, device: str = "cpu") -> str:
     base = results.get(BASELINE, {})
 
     def ratio(name: str, key: str) -> str:
-        if key == "train_tok_s" and "train_ratio" in results[name]:
-            return f"{results[name]['train_ratio']:.2f}x"
+        if f"{key}_ratio" in results[name]:  # the median of the rounds' paired ratios
+            return f"{results[name][f'{key}_ratio']:.2f}x"
         value, ref = results[name].get(key), base.get(key)
         return f"{value / ref:.2f}x" if value and ref else "-"
 
@@ -273,8 +287,8 @@ def main() -> None:
     parser.add_argument("--no-generate", action="store_true")
     parser.add_argument(
         "--rounds", type=int, default=3,
-        help="measure training speed this many times, every model once per round; report the medians of the "
-        "tokens/s and of each round's ratio to lstm (this machine's speed drifts between minutes)",
+        help="measure training and generation speed this many times, every model once per round; report the "
+        "medians of the speeds and of each round's ratio to lstm (this machine's speed drifts between minutes)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
@@ -310,7 +324,8 @@ def main() -> None:
             logger.info("this CPU has no fast bfloat16 matrix products: the --autocast-bf16 model is left out")
     gflops = matmul_gflops(device=args.device)
     results: Dict[str, Dict[str, float]] = {}
-    rounds: Dict[str, List[float]] = {name: [] for name in names}
+    speeds = ("train_tok_s", "beam5_sent_s", "greedy_sent_s")
+    rounds: Dict[str, Dict[str, List[float]]] = {key: {name: [] for name in names} for key in speeds}
     for round_ in range(max(1, args.rounds)):
         for name in names:
             logger.info("round %d: measuring %s ...", round_ + 1, name)
@@ -321,17 +336,24 @@ def main() -> None:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
             measured = json.loads(proc.stdout.strip().splitlines()[-1])
             results.setdefault(name, measured)
-            rounds[name].append(measured["train_tok_s"])
-    for name in names:
-        results[name]["train_tok_s"] = statistics.median(rounds[name])
-        if BASELINE in rounds:
-            paired = [mine / base for mine, base in zip(rounds[name], rounds[BASELINE])]
-            results[name]["train_ratio"] = statistics.median(paired)
-        results[name]["train_tok_s_rounds"] = rounds[name]
+            for key in speeds:
+                if key in measured:
+                    rounds[key][name].append(measured[key])
+    for key in speeds:  # the median speed, and the median of the rounds' paired ratios to lstm
+        for name in names:
+            values = rounds[key][name]
+            if not values:
+                continue
+            results[name][key] = statistics.median(values)
+            results[name][f"{key}_rounds"] = values
+            if BASELINE in names and rounds[key][BASELINE]:
+                paired = [mine / base for mine, base in zip(values, rounds[key][BASELINE])]
+                results[name][f"{key}_ratio"] = statistics.median(paired)
     report = table(results, gflops, args.device)
-    report += "\n\ntraining tokens/s in each round: " + "; ".join(
-        f"{name} {', '.join(f'{v:.0f}' for v in rounds[name])}" for name in names
-    )
+    for key, label in zip(speeds, ("training tokens/s", "beam 5 sentences/s", "greedy sentences/s")):
+        report += f"\n\n{label} in each round: " + "; ".join(
+            f"{name} {', '.join(f'{v:.1f}' for v in rounds[key][name])}" for name in names if rounds[key][name]
+        )
     print(report)
     if args.json:
         with open(args.json, "w") as f:

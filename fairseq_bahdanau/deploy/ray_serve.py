@@ -16,11 +16,20 @@ default), and a replica here has room for ``--max-connections`` requests, so the
 the cluster must be started with that variable at 0, as above (this command sets it for the cluster it starts
 itself).
 
-The translator files must be readable at the same path on every node (a shared or copied folder). What the
-single-process server does at the connection level is Ray's proxy's here: ``--header-timeout`` is not applied
-(the proxy's own timeouts are); ``--max-connections`` bounds the requests each replica answers at once, and
-``--max-queue`` those waiting in it (503 past either). SIGTERM (or Ctrl-C) shuts the application down, answering
-what is in flight for up to ``--shutdown-timeout`` seconds.
+The translator files must be readable at the same path on every node (a shared or copied folder).
+``--max-connections`` bounds the requests each replica answers at once, and ``--max-queue`` those waiting in it
+(503 past either); a request whose client hangs up leaves its replica's queue (Ray cancels its handler).
+SIGTERM (or Ctrl-C) deletes the application first, so that each replica answers what it has in flight (for up to
+``--shutdown-timeout`` seconds) while the proxy still relays the answers; requests that arrive meanwhile get the
+proxy's 404 (plain text), then the port closes.
+
+What the single-process server does at the connection level is Ray's proxy's here, and the proxy does less: idle
+keep-alive connections close after ``--header-timeout``, but a connection that never finishes its headers is
+kept, without limit on their number (until the process runs out of file descriptors), and the proxy answers some
+requests itself in plain text (a malformed request line, an unknown method, a replica that died mid-request: 500)
+and serves its own ``/-/routes`` and ``/-/healthz``. Facing untrusted clients, put a reverse proxy with header
+timeouts, connection and body limits in front of it (nginx's ``client_header_timeout``, ``limit_conn``,
+``client_max_body_size``), as for any Ray Serve application; the single-process server needs none.
 """
 
 import argparse
@@ -118,13 +127,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     stop = threading.Event()  # (after ray.init, whose own SIGTERM handler would end the process at once)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serve.start(http_options={"host": args.host, "port": args.port}, proxy_location="HeadOnly")
+    # (idle keep-alive connections close after --header-timeout, as in the single-process server)
+    serve.start(http_options={"host": args.host, "port": args.port, "keep_alive_timeout_s": limits.header_timeout},
+                proxy_location="HeadOnly")
     serve.run(application(args.translators, args.replicas, limits, api_key, args.threads, args.replica_cpus),
               name=NAME, route_prefix="/")
     logger.info("serving %s on http://%s:%d/ with %d replica(s)", ", ".join(args.translators), args.host, args.port,
                 args.replicas)
     stop.wait()
-    logger.info("shutting down")
+    logger.info("shutting down: the replicas answer what they have (up to --shutdown-timeout), then Ray Serve stops")
+    # The application first: each replica drains its requests in flight (graceful_shutdown_timeout_s) while the
+    # proxy still relays their answers; serve.shutdown() alone would kill the proxy first, cutting them off.
+    serve.delete(NAME)
     serve.shutdown()
     ray.shutdown()
 

@@ -552,6 +552,9 @@ async def translate(request):
                                          return_when=asyncio.FIRST_COMPLETED)
             if done or time.monotonic() >= end:
                 break
+    except asyncio.CancelledError:  # the handler itself is cancelled (Ray Serve does so when the client hangs up)
+        future.cancel()  # so the request leaves the queue now, not at its deadline
+        raise
     finally:
         watcher.cancel()
     if future not in done:
