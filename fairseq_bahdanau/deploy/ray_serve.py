@@ -27,7 +27,8 @@ What the single-process server does at the connection level is Ray's proxy's her
 keep-alive connections close after ``--header-timeout``, but a connection that never finishes its headers is
 kept, without limit on their number (until the process runs out of file descriptors), and the proxy answers some
 requests itself in plain text (a malformed request line, an unknown method, a replica that died mid-request: 500)
-and serves its own ``/-/routes`` and ``/-/healthz``. Facing untrusted clients, put a reverse proxy with header
+and serves its own ``/-/routes`` and ``/-/healthz``; an oversized body reaches the replica's 413 only after the
+proxy has taken it in (2.7 s for 20 MB here, against 0.08 s single-process), and the processes keep the memory. Facing untrusted clients, put a reverse proxy with header
 timeouts, connection and body limits in front of it (nginx's ``client_header_timeout``, ``limit_conn``,
 ``client_max_body_size``), as for any Ray Serve application; the single-process server needs none.
 """
