@@ -21,16 +21,19 @@ The translator files must be readable at the same path on every node (a shared o
 (503 past either); a request whose client hangs up leaves its replica's queue (Ray cancels its handler).
 SIGTERM (or Ctrl-C) deletes the application first, so that each replica answers what it has in flight (for up to
 ``--shutdown-timeout`` seconds) while the proxy still relays the answers; requests that arrive meanwhile get the
-proxy's 404 (plain text), then the port closes.
+proxy's 404 (plain text), then the port closes. A request still running at the timeout gets Ray's 500 (plain text;
+the single-process server answers 503 JSON), and Ray's own teardown takes about 5 s more: give a supervisor's stop
+timeout ``--shutdown-timeout`` plus 10 s or so.
 
 What the single-process server does at the connection level is Ray's proxy's here, and the proxy does less: idle
-keep-alive connections close after ``--header-timeout``, but a connection that never finishes its headers is
-kept, without limit on their number (until the process runs out of file descriptors), and the proxy answers some
-requests itself in plain text (a malformed request line, an unknown method, a replica that died mid-request: 500)
-and serves its own ``/-/routes`` and ``/-/healthz``; an oversized body reaches the replica's 413 only after the
-proxy has taken it in (2.7 s for 20 MB here, against 0.08 s single-process), and the processes keep the memory. Facing untrusted clients, put a reverse proxy with header
-timeouts, connection and body limits in front of it (nginx's ``client_header_timeout``, ``limit_conn``,
-``client_max_body_size``), as for any Ray Serve application; the single-process server needs none.
+keep-alive connections close after ``--header-timeout``, but a connection that sends nothing, or never finishes its
+headers, is kept, without limit on their number (until the process runs out of file descriptors), and the proxy
+answers some requests itself in plain text (a malformed request line, an unknown method, a replica that died mid-
+request: 500) and serves its own ``/-/routes`` and ``/-/healthz``; an oversized body reaches the replica's 413 only
+after the proxy has taken it in (2.7 s for 20 MB here, against 0.08 s single-process), and the processes keep the
+memory. Facing untrusted clients, put a reverse proxy with header timeouts, connection and body limits in front of
+it (nginx's ``client_header_timeout``, ``limit_conn``, ``client_max_body_size``), as for any Ray Serve application;
+the single-process server needs none.
 """
 
 import argparse
