@@ -66,6 +66,21 @@ def post(url: str, body: Optional[dict] = None, raw: Optional[bytes] = None,
         return 0, None, ""  # the connection itself failed
 
 
+def health_of_each(url: str, timeout: float = 30) -> Dict[str, Tuple[str, dict]]:
+    """pid -> (node, ``/health`` answer) of the replicas that answer (asked a few times: each answer is one
+    replica's, by ``X-Served-By: PID@NODE``)."""
+    seen: Dict[str, Tuple[str, dict]] = {}
+    for _ in range(12):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=timeout) as reply:
+                if reply.status == 200:
+                    pid, node = reply.headers["X-Served-By"].split("@")
+                    seen[pid] = (node, json.loads(reply.read()))
+        except (OSError, urllib.error.URLError, KeyError, ValueError):
+            pass
+    return seen
+
+
 class RayService:
     """A two-node cluster and ``python -m fairseq_bahdanau.deploy.ray_serve --address ... --replicas 2`` on it."""
 
@@ -93,17 +108,8 @@ class RayService:
         raise AssertionError(f"the service did not start within 240 s: {self.output()[-3000:]}")
 
     def replicas(self, timeout: float = 30) -> Dict[str, str]:
-        """pid -> node of the replicas that answer ``/health`` (asked a few times: each answer is one replica's)."""
-        seen: Dict[str, str] = {}
-        for _ in range(12):
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=timeout) as reply:
-                    if reply.status == 200:
-                        pid, node = reply.headers["X-Served-By"].split("@")
-                        seen[pid] = node
-            except (OSError, urllib.error.URLError, KeyError, ValueError):
-                pass
-        return seen
+        """pid -> node of the replicas that answer ``/health``."""
+        return {pid: node for pid, (node, _) in health_of_each(self.url, timeout).items()}
 
     def output(self) -> str:
         self.log.seek(0)
@@ -227,18 +233,6 @@ def test_a_killed_replica_fails_visibly_never_wrongly_and_comes_back(ray_service
     assert post(ray_service.url, {"text": sentences[:2]})[0] == 200
 
 
-def health_of_each(url: str) -> Dict[str, dict]:
-    """pid -> ``/health`` of the replicas that answer (asked a few times: each answer is one replica's)."""
-    seen: Dict[str, dict] = {}
-    for _ in range(12):
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=30) as reply:
-                seen[reply.headers["X-Served-By"].split("@")[0]] = json.loads(reply.read())
-        except (OSError, urllib.error.URLError, KeyError, ValueError):
-            pass
-    return seen
-
-
 def test_requests_whose_clients_hang_up_leave_the_replicas(ray_service, sentences):
     """Ray Serve cancels the handler of a client that hangs up: its request leaves the replica's queue then,
     untranslated (it used to wait there for --request-timeout, and a burst of such requests filled the queues)."""
@@ -248,14 +242,14 @@ def test_requests_whose_clients_hang_up_leave_the_replicas(ray_service, sentence
     body = json.dumps({"text": [line] * 4, "beam": 16, "nbest": 16}).encode()
     request = (b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                b"Content-Length: %d\r\n\r\n" % len(body)) + body
-    before = health_of_each(ray_service.url)
+    before = {pid: health for pid, (_, health) in health_of_each(ray_service.url).items()}
     for _ in range(20):  # each client sends its request and hangs up
         with socket.create_connection(("127.0.0.1", ray_service.port)) as client:
             client.sendall(request)
             time.sleep(0.05)
     deadline = time.time() + 90
     while time.time() < deadline:
-        now = health_of_each(ray_service.url)
+        now = {pid: health for pid, (_, health) in health_of_each(ray_service.url).items()}
         if len(now) == 2 and all(h["waiting"] == 0 for h in now.values()):
             break
         time.sleep(0.5)
