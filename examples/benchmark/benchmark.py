@@ -192,25 +192,21 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     peak_rss, growth = rss_mb(), rss_mb() - loaded
     if args.throughput_only:
         result = {"train_tok_s": tokens / elapsed}
-        if not naive and not args.no_generate:
-            result.update(generation_speed(model, task, args, device))
-        return result
+    else:
+        def train_step() -> None:
+            loss_of(samples[-1]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
 
-    def train_step() -> None:
-        loss_of(samples[-1]).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    result = {
-        "params": params,
-        "train_tok_s": tokens / elapsed,
-        "flops_per_token": flops_per_token,
-        "step_peak_mb": step_peak_mb(train_step, device),
-        "peak_rss_mb": peak_rss,
-        "train_mem_growth_mb": growth,
-    }
-
-    if not naive and not args.no_generate:
+        result = {
+            "params": params,
+            "train_tok_s": tokens / elapsed,
+            "flops_per_token": flops_per_token,
+            "step_peak_mb": step_peak_mb(train_step, device),
+            "peak_rss_mb": peak_rss,
+            "train_mem_growth_mb": growth,
+        }
+    if not naive and not args.no_generate:  # every round: one generation pass varies too much
         result.update(generation_speed(model, task, args, device))
     return result
 
