@@ -16,7 +16,9 @@ seeded shuffle), each model is measured in its own subprocess (so that peak memo
   operator, in time order, above what was live before the step: the model's own training memory, free of the
   process's baseline), and the process's peak resident memory (``ru_maxrss``) with its growth during training;
 * generation: sentences/s with beam 5 and greedy (beam 1), batch 128, on the test split, in every round too
-  (medians and paired ratios as for training: a single pass of ``lstm``'s beam search was seen to vary by 38%).
+  (medians and paired ratios as for training: a single pass of ``lstm``'s beam search was seen to vary by 38%),
+  every sentence made exactly as long as its batch's longest reference (``min_len = max_len_b``): the models are
+  all but untrained, and free lengths would time wherever each one's random end-of-sentence falls.
 
 ``--device cuda`` measures the same on a GPU (tensor memory: the allocator's peak), in float32 or, with
 ``--precision amp`` / ``fp16``, as fairseq's ``--amp`` (float16 autocast) / ``--fp16`` (the whole model in float16)
@@ -212,16 +214,18 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
 
 
 def generation_speed(model, task, args: argparse.Namespace, device: str) -> Dict[str, float]:
-    """Sentences/s of fairseq's ``SequenceGenerator`` on ``--gen-subset``, beam 5 and greedy, batch ``--batch-size``."""
+    """Sentences/s of fairseq's ``SequenceGenerator`` on ``--gen-subset``, beam 5 and greedy, batch ``--batch-size``,
+    every sentence made as long as its batch's longest reference."""
     import torch
     from fairseq import utils
     from fairseq.sequence_generator import SequenceGenerator
 
     model.eval()
     task.load_dataset(args.gen_subset)
+    pad = task.target_dictionary.pad()
     speeds = {}
     for beam, key in ((5, "beam5_sent_s"), (1, "greedy_sent_s")):
-        generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=1.2, max_len_b=10)
+        generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=0)
         itr = task.get_batch_iterator(
             task.dataset(args.gen_subset), max_sentences=args.batch_size, max_positions=model.max_positions(),
             required_batch_size_multiple=1,
@@ -231,6 +235,10 @@ def generation_speed(model, task, args: argparse.Namespace, device: str) -> Dict
             for sample in itr:
                 if device == "cuda":
                     sample = utils.move_to_cuda(sample)
+                # An untrained model ends its sentences wherever its random end-of-sentence falls, so free lengths
+                # would time different amounts of work: every model makes each sentence of a batch exactly as
+                # long as the batch's longest reference (in pieces, the end of sentence not counted).
+                generator.min_len = generator.max_len_b = int(sample["target"].ne(pad).sum(1).max()) - 1
                 generator.generate([model], sample)
                 sentences += sample["nsentences"]
         synchronize(device)
