@@ -213,6 +213,14 @@ def worker(name: str, args: argparse.Namespace) -> Dict[str, float]:
     return result
 
 
+def set_length(generator, length: int) -> None:
+    """Make ``generator`` (fairseq's ``SequenceGenerator``, eager or scripted) produce exactly ``length`` tokens
+    before the end of sentence (with ``max_len_a=0``): all but untrained models end their sentences wherever a
+    random end-of-sentence falls, so free lengths would time different amounts of work."""
+    generator.min_len = length
+    generator.max_len_b = length
+
+
 def generation_speed(model, task, args: argparse.Namespace, device: str) -> Dict[str, float]:
     """Sentences/s of fairseq's ``SequenceGenerator`` on ``--gen-subset``, beam 5 and greedy, batch ``--batch-size``,
     every sentence made as long as its batch's longest reference."""
@@ -235,10 +243,8 @@ def generation_speed(model, task, args: argparse.Namespace, device: str) -> Dict
             for sample in itr:
                 if device == "cuda":
                     sample = utils.move_to_cuda(sample)
-                # An untrained model ends its sentences wherever its random end-of-sentence falls, so free lengths
-                # would time different amounts of work: every model makes each sentence of a batch exactly as
-                # long as the batch's longest reference (in pieces, the end of sentence not counted).
-                generator.min_len = generator.max_len_b = int(sample["target"].ne(pad).sum(1).max()) - 1
+                # each sentence of the batch as long as its longest reference (pieces, the end of sentence not counted)
+                set_length(generator, int(sample["target"].ne(pad).sum(1).max()) - 1)
                 generator.generate([model], sample)
                 sentences += sample["nsentences"]
         synchronize(device)

@@ -43,7 +43,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from benchmark import MODELS, USER_DIR  # noqa: E402  (this directory's benchmark.py)
+from benchmark import MODELS, USER_DIR, set_length  # noqa: E402  (this directory's benchmark.py)
 
 from fairseq_bahdanau.deploy.translator import OnnxTranslator  # noqa: E402
 
@@ -61,12 +61,6 @@ def build(name: str, args: argparse.Namespace):
     cfg = options.parse_args_and_arch(options.get_training_parser(), flags)
     task = tasks.setup_task(cfg)
     return task.build_model(cfg).eval(), task
-
-
-def set_length(generator, length: int) -> None:
-    """Make ``generator`` (eager or scripted) produce exactly ``length`` tokens before the end of sentence."""
-    generator.min_len = length
-    generator.max_len_b = length
 
 
 def percentile(values: List[float], q: float) -> float:
